@@ -1,0 +1,10 @@
+"""QLP, the Quantum Layer Platform: intent -> plan -> agents -> tested, signed capsule."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("qlp")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

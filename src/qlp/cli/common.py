@@ -1,0 +1,52 @@
+"""What every CLI command shares: settings loading, error rendering, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from qlp.config import Settings, load_settings
+from qlp.errors import QLPError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Set by the root callback; read by `handle_errors`.
+STATE: dict[str, Any] = {"debug": False}
+
+
+def settings(**overrides: Any) -> Settings:
+    return load_settings(**overrides)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn QLPError into one line on stderr and its exit code; no traceback unless --debug."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except QLPError as exc:
+            if STATE["debug"]:
+                raise
+            raise fail(exc.message, exc.exit_code) from None
+
+    return wrapper

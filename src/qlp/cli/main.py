@@ -1,0 +1,308 @@
+"""The `qlp` command line. Thin: parse, call the engine, render (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+
+from qlp import __version__
+from qlp.cli import render
+from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
+from qlp.config import Settings
+from qlp.domain.events import Event
+from qlp.domain.states import IntentStatus
+from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
+from qlp.errors import UserInputError
+from qlp.store.base import IntentRecord
+from qlp.store.db import schema_revision
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+RUN_HELP = """Plan and build an intent, showing live progress.
+
+Exit codes: 0 the intent completed; 1 it failed (see the error line);
+2 bad input or configuration; 130 cancelled with Ctrl-C (continue with `qlp resume ID`).
+"""
+
+app = typer.Typer(
+    name="qlp",
+    help="QLP, the Quantum Layer Platform: from an intent to a tested, signed project.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+intents_app = typer.Typer(help="Inspect intents.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(intents_app, name="intents")
+app.add_typer(db_app, name="db")
+
+LlmOption = Annotated[
+    str | None,
+    typer.Option(
+        "--llm",
+        help="Model to use: openai[:MODEL], azure:DEPLOYMENT, anthropic[:MODEL] or "
+        "scripted:PATH (overrides QLP_LLM_PROVIDER).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    STATE["debug"] = debug
+
+
+# -- running intents --------------------------------------------------------------------
+async def _drive(
+    rt: Runtime, intent: IntentRecord, work: Callable[[], Awaitable[IntentRecord]], as_json: bool
+) -> int:
+    """Run `work` while rendering its events; Ctrl-C cancels it cleanly."""
+    queue = rt.bus.subscribe()
+    view = render.LiveView(intent.id)
+    view.seed(intent, await rt.store.get_tasks(intent.id))
+    task = asyncio.create_task(work())
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    interactive = console.is_terminal and not as_json
+
+    async def pump(on_event: Callable[[Event], None]) -> None:
+        while not task.done() or not queue.empty():
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=0.25)
+            except TimeoutError:
+                continue
+            on_event(event)
+
+    def log_line(event: Event) -> None:
+        view.apply(event)
+        if not as_json:
+            console.print(render.describe(event), highlight=False, soft_wrap=True)
+
+    cancelled = False
+    try:
+        if interactive:
+            with Live(view.render(), console=console, refresh_per_second=8, transient=True) as live:
+
+                def update(event: Event) -> None:
+                    view.apply(event)
+                    live.update(view.render())
+
+                await pump(update)
+        else:
+            await pump(log_line)
+        await task
+    except asyncio.CancelledError:
+        cancelled = True
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+        rt.bus.unsubscribe(queue)
+
+    final = await rt.store.get_intent(intent.id)
+    tasks = await rt.store.get_tasks(intent.id)
+    files = await rt.store.get_files(intent.id)
+    if as_json:
+        print_json(render.intent_json(final, tasks, files))
+    else:
+        if interactive:
+            console.print(render.tasks_table(tasks))
+        console.print(render.summary(final, tasks, files))
+        if cancelled or final.status == IntentStatus.CANCELLED:
+            err_console.print(f"cancelled; continue with: qlp resume {final.id}")
+        elif final.status == IntentStatus.FAILED:
+            err_console.print(f"failed; after fixing the cause, retry with: qlp resume {final.id}")
+    if cancelled or final.status == IntentStatus.CANCELLED:
+        return EXIT_CANCELLED
+    return EXIT_OK if final.status == IntentStatus.COMPLETED else EXIT_FAILED
+
+
+def _with_runtime(cfg: Settings, fn: Callable[[Runtime], Awaitable[int]]) -> int:
+    async def main() -> int:
+        async with open_runtime(cfg) as rt:
+            return await fn(rt)
+
+    return asyncio.run(main())
+
+
+@app.command(help=RUN_HELP)
+@handle_errors
+def run(
+    intent: Annotated[str, typer.Argument(help="What to build, in plain language.")],
+    llm: LlmOption = None,
+    as_json: JsonOption = False,
+    max_parallel: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at once (QLP_MAX_PARALLEL_TASKS).")
+    ] = None,
+) -> None:
+    overrides: dict[str, Any] = {}
+    if max_parallel is not None:
+        overrides["max_parallel_tasks"] = max_parallel
+    cfg = apply_llm_spec(settings(**overrides), llm)
+    if not intent.strip():
+        raise UserInputError("the intent is empty; say what you want built")
+
+    async def go(rt: Runtime) -> int:
+        pipeline = rt.pipeline()  # a missing LLM setting fails here, before anything is stored
+        record = await pipeline.submit(intent)
+        if not as_json:
+            console.print(f"intent {record.id} queued", highlight=False)
+        return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
+
+    raise typer.Exit(_with_runtime(cfg, go))
+
+
+@app.command(
+    help="Continue an interrupted, cancelled or failed intent without re-running the tasks "
+    "that already succeeded. Exit codes as for `qlp run`."
+)
+@handle_errors
+def resume(
+    intent_id: Annotated[str, typer.Argument(help="Intent id (or an unambiguous prefix).")],
+    llm: LlmOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    cfg = apply_llm_spec(settings(), llm)
+
+    async def go(rt: Runtime) -> int:
+        record = await rt.store.find_intent(intent_id)
+        if record.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
+            raise UserInputError(f"intent {record.id} is {record.status.value}; nothing to resume")
+        pipeline = rt.pipeline()
+        return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
+
+    raise typer.Exit(_with_runtime(cfg, go))
+
+
+# -- inspecting -------------------------------------------------------------------------
+@intents_app.command("list", help="List recent intents, newest first.")
+@handle_errors
+def intents_list(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show.")] = 20,
+    status: Annotated[IntentStatus | None, typer.Option(help="Only intents in this state.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    async def go(rt: Runtime) -> int:
+        rows = await rt.store.list_intents(limit=limit, status=status)
+        if as_json:
+            print_json(
+                [
+                    {
+                        "intent_id": r.id,
+                        "status": r.status.value,
+                        "text": r.text,
+                        "created_at": r.created_at.isoformat(),
+                        "tokens": r.total_tokens,
+                        "error": r.error,
+                    }
+                    for r in rows
+                ]
+            )
+            return EXIT_OK
+        if not rows:
+            console.print('no intents yet; start one with: qlp run "..."')
+            return EXIT_OK
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for col in ("intent", "status", "created", "tokens", "text"):
+            table.add_column(col, no_wrap=col != "text", overflow="ellipsis", max_width=70)
+        for r in rows:
+            table.add_row(
+                r.id,
+                render.styled(r.status.value),
+                r.created_at.strftime("%Y-%m-%d %H:%M"),
+                f"{r.total_tokens:,}",
+                r.text.splitlines()[0],
+            )
+        console.print(table)
+        return EXIT_OK
+
+    raise typer.Exit(_with_runtime(settings(), go))
+
+
+@intents_app.command("show", help="Show one intent: status, tasks, files, totals, events.")
+@handle_errors
+def intents_show(
+    intent_id: Annotated[str, typer.Argument(help="Intent id (or an unambiguous prefix).")],
+    events: Annotated[bool, typer.Option("--events", help="Also list its events.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    async def go(rt: Runtime) -> int:
+        record = await rt.store.find_intent(intent_id)
+        tasks = await rt.store.get_tasks(record.id)
+        files = await rt.store.get_files(record.id)
+        evs = await rt.store.list_events(record.id) if events else []
+        if as_json:
+            data = render.intent_json(record, tasks, files)
+            if events:
+                data["events"] = [e.as_dict() for e in evs]
+            print_json(data)
+            return EXIT_OK
+        console.print(render.summary(record, tasks, files))
+        console.print(f"\n[bold]intent[/]\n{record.text}\n", highlight=False)
+        if tasks:
+            console.print(render.tasks_table(tasks))
+            for t in tasks:
+                if t.error:
+                    console.print(f"  {t.id}: [red]{t.error}[/]", highlight=False)
+        if files:
+            console.print("\n[bold]files[/]")
+            for f in files.values():
+                console.print(f"  {f.path}  {f.size:,} B  ({f.task_id})", highlight=False)
+        for e in evs:
+            console.print(render.describe(e), highlight=False)
+        return EXIT_OK
+
+    raise typer.Exit(_with_runtime(settings(), go))
+
+
+# -- maintenance --------------------------------------------------------------------------
+@db_app.command("upgrade", help="Apply database migrations (also done on every start).")
+@handle_errors
+def db_upgrade() -> None:
+    async def go(rt: Runtime) -> int:
+        current, head = await schema_revision(rt.store.engine)
+        console.print(f"database schema at revision {current} (latest {head})")
+        return EXIT_OK
+
+    raise typer.Exit(_with_runtime(settings(), go))
+
+
+@app.command(help="Print the QLP version.")
+def version(as_json: JsonOption = False) -> None:
+    info = {"qlp": __version__, "python": platform.python_version()}
+    if as_json:
+        print_json(info)
+    else:
+        console.print(f"qlp {__version__} (Python {info['python']})", highlight=False)
+
+
+def _mount_optional_apps() -> None:
+    try:
+        from qlp.cli.sandbox import app as sandbox_app
+    except ImportError:  # the sandbox face is not built yet
+        return
+    app.add_typer(sandbox_app, name="sandbox")
+
+
+_mount_optional_apps()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. while the database starts)
+        err_console.print("interrupted")
+        sys.exit(EXIT_CANCELLED)

@@ -1,0 +1,219 @@
+"""Turning intents, tasks and events into terminal output (rich) or JSON."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from qlp.domain.events import Event
+from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.store.base import FileRecord, IntentRecord, TaskRecord
+
+STATUS_STYLE = {
+    "pending": "dim",
+    "queued": "dim",
+    "running": "yellow",
+    "planning": "yellow",
+    "executing": "yellow",
+    "reviewing": "magenta",
+    "packaging": "yellow",
+    "succeeded": "green",
+    "completed": "green",
+    "failed": "red",
+    "rejected": "red",
+    "skipped": "bright_black",
+    "cancelled": "bright_black",
+}
+
+
+def styled(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def money(cost: float, known: bool) -> str:
+    return f"${cost:.4f}" if known else f"≥ ${cost:.4f} (some prices unknown)"
+
+
+def elapsed(intent: IntentRecord) -> float | None:
+    if intent.started_at is None:
+        return None
+    end = intent.finished_at or intent.updated_at
+    return (end - intent.started_at).total_seconds()
+
+
+def intent_json(
+    intent: IntentRecord, tasks: list[TaskRecord], files: dict[str, FileRecord]
+) -> dict[str, Any]:
+    return {
+        "intent_id": intent.id,
+        "text": intent.text,
+        "status": intent.status.value,
+        "error": intent.error,
+        "workspace": intent.workspace,
+        "created_at": intent.created_at.isoformat(),
+        "elapsed_s": elapsed(intent),
+        "tokens": {
+            "input": intent.input_tokens,
+            "output": intent.output_tokens,
+            "total": intent.total_tokens,
+        },
+        "cost_usd": intent.cost_usd if intent.cost_known else None,
+        "cost_usd_known_part": intent.cost_usd,
+        "llm_calls": intent.llm_calls,
+        "tasks": [
+            {
+                "id": t.id,
+                "type": t.type.value,
+                "title": t.title,
+                "status": t.status.value,
+                "dependencies": t.dependencies,
+                "attempts": t.attempts,
+                "error": t.error,
+                "tokens": t.input_tokens + t.output_tokens,
+            }
+            for t in tasks
+        ],
+        "files": [
+            {"path": f.path, "sha256": f.sha256, "size": f.size, "task_id": f.task_id}
+            for f in files.values()
+        ],
+    }
+
+
+def tasks_table(tasks: list[TaskRecord]) -> Table:
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    table.add_column("task", no_wrap=True)
+    table.add_column("type")
+    table.add_column("status")
+    table.add_column("tokens", justify="right")
+    table.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+    for t in tasks:
+        table.add_row(
+            t.id,
+            t.type.value,
+            styled(t.status.value),
+            f"{t.input_tokens + t.output_tokens:,}",
+            t.title,
+        )
+    return table
+
+
+def summary(
+    intent: IntentRecord, tasks: list[TaskRecord], files: dict[str, FileRecord]
+) -> RenderableType:
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    task_line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
+    secs = elapsed(intent)
+    lines = [
+        Text.assemble("intent    ", (intent.id, "bold"), "  ", styled(intent.status.value)),
+        Text(f"tasks     {len(tasks)} ({task_line})"),
+        Text(f"files     {len(files)} ({sum(f.size for f in files.values()):,} bytes)"),
+        Text(
+            f"tokens    {intent.total_tokens:,} "
+            f"({intent.input_tokens:,} in, {intent.output_tokens:,} out, "
+            f"{intent.llm_calls} calls)"
+        ),
+        Text(f"cost      {money(intent.cost_usd, intent.cost_known)}"),
+        Text(f"time      {secs:.1f} s" if secs is not None else "time      -"),
+        Text(f"workspace {intent.workspace}"),
+    ]
+    if intent.error:
+        lines.append(Text(f"error     {intent.error}", style="red"))
+    return Group(*lines)
+
+
+class LiveView:
+    """The state shown while an intent runs, updated from events alone."""
+
+    def __init__(self, intent_id: str) -> None:
+        self.intent_id = intent_id
+        self.status = IntentStatus.QUEUED.value
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tokens = 0
+        self.cost = 0.0
+        self.cost_known = True
+        self.started = time.monotonic()
+        self.last_note = ""
+
+    def seed(self, intent: IntentRecord, tasks: list[TaskRecord]) -> None:
+        self.status = intent.status.value
+        self.tokens = intent.total_tokens
+        self.cost = intent.cost_usd
+        self.cost_known = intent.cost_known
+        for t in tasks:
+            self.tasks[t.id] = {
+                "type": t.type.value,
+                "title": t.title,
+                "status": t.status.value,
+                "tokens": t.input_tokens + t.output_tokens,
+            }
+
+    def apply(self, event: Event) -> None:
+        p = event.payload
+        if event.type.startswith("intent.") and "status" in p:
+            self.status = str(p["status"])
+        if event.type == "intent.planned":
+            for t in p.get("tasks", []):
+                self.tasks[t["id"]] = {
+                    "type": t["type"],
+                    "title": t["title"],
+                    "status": TaskStatus.PENDING.value,
+                    "tokens": 0,
+                }
+        elif event.type.startswith("task.") and "task_id" in p and "status" in p:
+            entry = self.tasks.get(str(p["task_id"]))
+            if entry is not None:
+                entry["status"] = str(p["status"])
+        elif event.type == "llm.usage":
+            self.tokens = int(p.get("total_tokens", self.tokens))
+            self.cost = float(p.get("total_cost_usd", self.cost))
+            self.cost_known = bool(p.get("cost_known", True))
+            entry = self.tasks.get(str(p.get("task_id")))
+            if entry is not None:
+                entry["tokens"] += int(p.get("input_tokens", 0)) + int(p.get("output_tokens", 0))
+        self.last_note = describe(event)
+
+    def render(self) -> RenderableType:
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        table.add_column("task", no_wrap=True)
+        table.add_column("type")
+        table.add_column("status")
+        table.add_column("tokens", justify="right")
+        table.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+        for task_id, t in self.tasks.items():
+            table.add_row(task_id, t["type"], styled(t["status"]), f"{t['tokens']:,}", t["title"])
+        done = sum(1 for t in self.tasks.values() if t["status"] in ("succeeded",))
+        head = Text.assemble(
+            (self.intent_id, "bold"),
+            "  ",
+            styled(self.status),
+            f"  {done}/{len(self.tasks)} tasks  {self.tokens:,} tokens  "
+            f"{money(self.cost, self.cost_known)}  {time.monotonic() - self.started:.1f} s",
+        )
+        return Group(head, table, Text(self.last_note, style="dim"))
+
+
+def describe(event: Event) -> str:
+    """One human line per event (used when the output is not a terminal)."""
+    p = event.payload
+    task = f" {p['task_id']}" if p.get("task_id") else ""
+    extra = ""
+    if p.get("error"):
+        extra = f": {p['error']}"
+    elif p.get("problem"):
+        extra = f" (attempt {p.get('attempt')}): {p['problem']}"
+    elif event.type == "intent.planned":
+        extra = f": {len(p.get('tasks', []))} tasks"
+    elif event.type == "task.output":
+        extra = f": {len(p.get('files', []))} files"
+    elif event.type == "file.conflict":
+        extra = f": {p.get('path')} kept from {p.get('kept')}, {p.get('discarded')} discarded"
+    elif event.type == "llm.usage":
+        extra = f": {p.get('input_tokens', 0)}+{p.get('output_tokens', 0)} tokens"
+    return f"[{event.seq:>4}] {event.type}{task}{extra}"

@@ -1,0 +1,165 @@
+"""Every knob QLP has, in one pydantic-settings class.
+
+Variables use the `QLP_` prefix; provider keys are also read under their usual names
+(`OPENAI_API_KEY`, `AZURE_OPENAI_API_KEY`, `AZURE_OPENAI_ENDPOINT`, `ANTHROPIC_API_KEY`).
+A `.env` file in the current directory is read too. Only `engine/wiring.py` and the CLI
+call `load_settings()`; everything else receives the values it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from qlp.errors import ConfigError
+
+LLMProvider = Literal["openai", "azure", "anthropic", "scripted"]
+SandboxBackend = Literal["bubblewrap", "docker", "gvisor"]
+
+
+class ModelPrice(BaseModel):
+    """US dollars per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+# Public list prices at the time of writing; override or extend with QLP_LLM_PRICES.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o": ModelPrice(input_per_mtok=2.50, output_per_mtok=10.00),
+    "gpt-4o-mini": ModelPrice(input_per_mtok=0.15, output_per_mtok=0.60),
+    "gpt-4.1": ModelPrice(input_per_mtok=2.00, output_per_mtok=8.00),
+    "gpt-4.1-mini": ModelPrice(input_per_mtok=0.40, output_per_mtok=1.60),
+    "claude-sonnet-4-5": ModelPrice(input_per_mtok=3.00, output_per_mtok=15.00),
+    "claude-haiku-4-5": ModelPrice(input_per_mtok=1.00, output_per_mtok=5.00),
+    # The scripted provider costs nothing, and that is known, not guessed.
+    "scripted": ModelPrice(input_per_mtok=0.0, output_per_mtok=0.0),
+}
+
+
+def _env(name: str) -> Any:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QLP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # -- where things live -------------------------------------------------------------
+    home: Path = Field(default=Path("~/.local/share/qlp"), description="QLP_HOME")
+    database_url: str | None = Field(default=None, description="QLP_DATABASE_URL")
+
+    # -- LLM ---------------------------------------------------------------------------
+    llm_provider: LLMProvider | None = None
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    llm_script: Path | None = None
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+    llm_max_retries: int = Field(default=4, ge=0, le=20)
+    llm_retry_base_s: float = Field(default=1.0, ge=0)
+    llm_retry_max_s: float = Field(default=60.0, ge=0)
+    llm_max_reasks: int = Field(default=2, ge=0, le=10)
+    llm_max_output_tokens: int = Field(default=8192, gt=0)
+    llm_temperature: float = Field(default=0.2, ge=0, le=2)
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("QLP_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    azure_openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QLP_AZURE_OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"),
+    )
+    azure_openai_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QLP_AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_ENDPOINT"),
+    )
+    azure_openai_api_version: str = Field(
+        default="2024-10-21",
+        validation_alias=AliasChoices("QLP_AZURE_OPENAI_API_VERSION", "OPENAI_API_VERSION"),
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QLP_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+    )
+
+    # -- engine ------------------------------------------------------------------------
+    max_parallel_tasks: int = Field(default=4, ge=1, le=256)
+    task_timeout_s: float = Field(default=600.0, gt=0)
+    max_tasks_per_plan: int = Field(default=40, ge=1, le=500)
+    token_budget_per_intent: int = Field(default=1_000_000, ge=1)
+    context_token_budget: int = Field(default=12_000, ge=0)
+    max_files_per_task: int = Field(default=60, ge=1)
+    max_file_bytes: int = Field(default=512 * 1024, ge=1)
+    max_path_length: int = Field(default=200, ge=8, le=4096)
+
+    # -- sandbox -----------------------------------------------------------------------
+    sandbox: SandboxBackend = "bubblewrap"
+
+    # -- logging -----------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("llm_script", mode="after")
+    @classmethod
+    def _expand_script(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("llm_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    # -- derived -----------------------------------------------------------------------
+    def price_table(self) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **self.llm_prices}
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else ""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        names = [str(c) for c in info.validation_alias.choices]
+        return " / ".join(names)
+    if field in Settings.model_fields:
+        return f"QLP_{field.upper()}"
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, or raise ConfigError with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = _variable_name(tuple(err.get("loc", ())))
+            value = err.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            problems.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a value that had to be JSON (e.g. QLP_LLM_PRICES) was not
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = _variable_name((match.group(1),)) if match else "a setting"
+        raise ConfigError(f"invalid setting {name}: the value is not valid JSON") from None

@@ -1,0 +1,1 @@
+"""Pure data and rules: ids, states, plans, artifacts, events. Imports nothing else of qlp."""

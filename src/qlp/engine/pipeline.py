@@ -1,0 +1,288 @@
+"""The pipeline of one intent: plan, run the task DAG with agents, merge files, finish.
+
+Every step is committed to the store before the next begins, so `run` can be called again
+on an interrupted intent (after Ctrl-C, a crash or SIGKILL) and continues where it stopped
+without re-running tasks that already succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qlp.agents.agent import AgentSettings, run_agent
+from qlp.agents.context import ContextFile, select_context
+from qlp.domain import events as ev
+from qlp.domain.ids import new_intent_id
+from qlp.domain.plan import Plan, topological_order, transitive_dependencies
+from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.engine.scheduler import DagOutcome, DagScheduler
+from qlp.engine.workspace import Workspace
+from qlp.errors import BudgetExceededError, QLPError, UserInputError
+from qlp.llm.base import CallRecord, LLMClient
+from qlp.llm.recording import RecordingClient
+from qlp.planning.planner import PlannerLimits, make_plan
+from qlp.store.base import IntentRecord
+from qlp.store.repository import Store
+
+MAX_INTENT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    workspaces_dir: Path
+    max_parallel_tasks: int
+    task_timeout_s: float
+    token_budget: int
+    context_token_budget: int
+    planner: PlannerLimits
+    agent: AgentSettings
+
+
+class Pipeline:
+    def __init__(self, store: Store, llm: LLMClient, config: EngineConfig) -> None:
+        self.store = store
+        self.llm = llm
+        self.config = config
+
+    # -- entry points --------------------------------------------------------------------
+    async def submit(
+        self, text: str, *, options: dict[str, Any] | None = None, user_id: str | None = None
+    ) -> IntentRecord:
+        text = text.strip()
+        if not text:
+            raise UserInputError("the intent is empty; say what you want built")
+        if len(text) > MAX_INTENT_CHARS:
+            raise UserInputError(
+                f"the intent is {len(text)} characters; the limit is {MAX_INTENT_CHARS}"
+            )
+        intent_id = new_intent_id()
+        workspace = self.config.workspaces_dir / intent_id
+        Workspace(workspace).ensure()
+        return await self.store.create_intent(
+            intent_id, text, options=options or {}, user_id=user_id, workspace=str(workspace)
+        )
+
+    async def run(self, intent_id: str) -> IntentRecord:
+        """Drive the intent to a final state (or until cancelled) and return it."""
+        intent = await self.store.get_intent(intent_id)
+        if intent.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
+            raise UserInputError(f"intent {intent_id} is already {intent.status.value}")
+        try:
+            if intent.status in (IntentStatus.FAILED, IntentStatus.CANCELLED):
+                await self.store.append_event(
+                    intent_id, ev.INTENT_RESUMED, {"from": intent.status.value}
+                )
+            plan = await self._ensure_plan(intent)
+            if plan is None:
+                return await self.store.get_intent(intent_id)
+            outcome = await self._execute(intent, plan)
+            await self._finish(intent_id, outcome)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel(intent_id))
+            raise
+        return await self.store.get_intent(intent_id)
+
+    # -- steps ---------------------------------------------------------------------------
+    async def _ensure_plan(self, intent: IntentRecord) -> Plan | None:
+        if intent.plan is not None:
+            if intent.status != IntentStatus.EXECUTING:
+                await self.store.set_intent_status(
+                    intent.id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
+                )
+            return Plan.model_validate(intent.plan)
+        if intent.status != IntentStatus.PLANNING:
+            await self.store.set_intent_status(
+                intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
+            )
+
+        async def rejected(attempt: int, problem: str) -> None:
+            await self.store.append_event(
+                intent.id, ev.PLAN_REJECTED, {"attempt": attempt, "problem": problem}
+            )
+
+        try:
+            planned = await make_plan(
+                self._client(intent.id, None), intent.text, self.config.planner, rejected
+            )
+        except QLPError as exc:  # no valid plan, the model unreachable, budget spent
+            await self.store.set_intent_status(
+                intent.id, IntentStatus.FAILED, event_type=ev.INTENT_FAILED, error=exc.message
+            )
+            return None
+        await self.store.save_plan(intent.id, planned.plan, planned.order)
+        return planned.plan
+
+    async def _execute(self, intent: IntentRecord, plan: Plan) -> DagOutcome:
+        tasks = await self.store.get_tasks(intent.id)
+        done = {t.id for t in tasks if t.status == TaskStatus.SUCCEEDED}
+        # Anything unfinished (running when the process died, failed, skipped, cancelled)
+        # goes back to pending; succeeded work is kept.
+        for status in (
+            TaskStatus.RUNNING,
+            TaskStatus.FAILED,
+            TaskStatus.SKIPPED,
+            TaskStatus.CANCELLED,
+        ):
+            again = [t.id for t in tasks if t.status == status]
+            await self.store.set_tasks_status(
+                intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
+            )
+        run = _IntentRun(self, intent, plan)
+        scheduler = DagScheduler(
+            {t.id: t.dependencies for t in tasks},
+            [t.id for t in tasks],
+            run,
+            max_parallel=self.config.max_parallel_tasks,
+            task_timeout_s=self.config.task_timeout_s,
+        )
+        return await scheduler.run(done)
+
+    async def _finish(self, intent_id: str, outcome: DagOutcome) -> None:
+        if not outcome.failed and not outcome.skipped:
+            await self.store.set_intent_status(
+                intent_id,
+                IntentStatus.COMPLETED,
+                event_type=ev.INTENT_COMPLETED,
+                payload={"tasks": len(outcome.succeeded)},
+            )
+            return
+        first = sorted(outcome.failed.items())
+        reasons = "; ".join(f"{tid}: {why}" for tid, why in first[:3])
+        more = f" (and {len(first) - 3} more)" if len(first) > 3 else ""
+        skipped = f", {len(outcome.skipped)} skipped" if outcome.skipped else ""
+        error = f"{len(outcome.failed)} task(s) failed{skipped}: {reasons}{more}"
+        if outcome.stop_reason:
+            error = f"stopped: {outcome.stop_reason}. {error}"
+        await self.store.set_intent_status(
+            intent_id, IntentStatus.FAILED, event_type=ev.INTENT_FAILED, error=error
+        )
+
+    async def _cancel(self, intent_id: str) -> None:
+        intent = await self.store.get_intent(intent_id)
+        if not intent.status.is_terminal:
+            await self.store.set_intent_status(
+                intent_id,
+                IntentStatus.CANCELLED,
+                event_type=ev.INTENT_CANCELLED,
+                error="cancelled by the user",
+            )
+
+    # -- LLM with transcript and budget ----------------------------------------------------
+    def _client(self, intent_id: str, task_id: str | None) -> LLMClient:
+        budget = self.config.token_budget
+
+        async def observe(record: CallRecord) -> None:
+            totals = await self.store.record_llm_call(intent_id, task_id, record)
+            if totals.total_tokens > budget:
+                raise BudgetExceededError(
+                    f"token budget of {budget} exceeded ({totals.total_tokens} tokens used); "
+                    "raise QLP_TOKEN_BUDGET_PER_INTENT or narrow the request"
+                )
+
+        return RecordingClient(self.llm, observe)
+
+
+class _IntentRun:
+    """The scheduler's hooks for one intent: an agent per task, files into the workspace."""
+
+    def __init__(self, pipeline: Pipeline, intent: IntentRecord, plan: Plan) -> None:
+        self.p = pipeline
+        self.store = pipeline.store
+        self.intent = intent
+        self.plan = plan
+        self.workspace = Workspace(Path(intent.workspace))
+        self.deps = {t.id: t.dependencies for t in plan.tasks}
+        self.position = {t: i for i, t in enumerate(topological_order(plan.tasks))}
+        self._write_lock = asyncio.Lock()
+
+    async def _context(self, task_id: str) -> list[ContextFile]:
+        wanted = set(transitive_dependencies(self.deps, task_id))
+        files = await self.store.get_files(self.intent.id)
+        return [
+            ContextFile(path=f.path, task_id=f.task_id, content=self.workspace.read(f.path))
+            for f in files.values()
+            if f.task_id in wanted
+        ]
+
+    async def execute(self, task_id: str) -> None:
+        intent_id = self.intent.id
+        current = await self.store.get_intent(intent_id)
+        if current.total_tokens > self.p.config.token_budget:
+            raise BudgetExceededError(
+                f"token budget of {self.p.config.token_budget} already spent "
+                f"({current.total_tokens} tokens)"
+            )
+        await self.store.set_task_status(
+            intent_id, task_id, TaskStatus.RUNNING, event_type=ev.TASK_STARTED
+        )
+        context = select_context(await self._context(task_id), self.p.config.context_token_budget)
+        if context.omitted:
+            await self.store.append_event(
+                intent_id,
+                ev.CONTEXT_TRIMMED,
+                {"task_id": task_id, "omitted": [f.path for f in context.omitted]},
+            )
+
+        async def rejected(attempt: int, problem: str) -> None:
+            await self.store.append_event(
+                intent_id,
+                ev.TASK_RETRY,
+                {"task_id": task_id, "attempt": attempt, "problem": problem},
+            )
+
+        result = await run_agent(
+            self.p._client(intent_id, task_id),
+            self.p.config.agent,
+            self.intent.text,
+            self.plan,
+            self.plan.task(task_id),
+            context,
+            on_reject=rejected,
+        )
+        async with self._write_lock:
+            existing = await self.store.get_files(intent_id)
+            written: list[tuple[str, str, int]] = []
+            conflicts: list[dict[str, Any]] = []
+            for f in result.files:
+                prior = existing.get(f.path)
+                if prior is not None and prior.task_id != task_id:
+                    # The later task in dependency order wins, whatever finished first.
+                    later = self.position[prior.task_id] > self.position[task_id]
+                    conflicts.append(
+                        {
+                            "path": f.path,
+                            "kept": prior.task_id if later else task_id,
+                            "discarded": task_id if later else prior.task_id,
+                        }
+                    )
+                    if later:
+                        continue
+                w = await asyncio.to_thread(self.workspace.write, f.path, f.content)
+                written.append((w.path, w.sha256, w.size))
+            await self.store.record_task_output(
+                intent_id, task_id, written, conflicts, result.notes
+            )
+
+    async def failed(self, task_id: str, reason: str) -> None:
+        await self.store.set_task_status(
+            self.intent.id, task_id, TaskStatus.FAILED, event_type=ev.TASK_FAILED, error=reason
+        )
+
+    async def skipped(self, task_ids: list[str], reason: str) -> None:
+        await self.store.set_tasks_status(
+            self.intent.id, task_ids, TaskStatus.SKIPPED, event_type=ev.TASK_SKIPPED, error=reason
+        )
+
+    async def cancelled(self, task_ids: list[str]) -> None:
+        tasks = await self.store.get_tasks(self.intent.id)
+        live = {t.id for t in tasks if t.status in (TaskStatus.PENDING, TaskStatus.RUNNING)}
+        await self.store.set_tasks_status(
+            self.intent.id,
+            [t for t in task_ids if t in live],
+            TaskStatus.CANCELLED,
+            event_type=ev.TASK_CANCELLED,
+            error="cancelled",
+        )

@@ -1,0 +1,186 @@
+"""The ONE place that reads configuration and picks adapters (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qlp.agents.agent import AgentSettings
+from qlp.config import Settings
+from qlp.domain.artifacts import FileLimits
+from qlp.engine.events import EventBus
+from qlp.engine.pipeline import EngineConfig, Pipeline
+from qlp.errors import ConfigError
+from qlp.llm.anthropic_provider import AnthropicClient
+from qlp.llm.base import LLMClient
+from qlp.llm.openai_compat import OpenAICompatClient
+from qlp.llm.retry import RetryPolicy
+from qlp.llm.scripted import Script, ScriptedClient
+from qlp.planning.planner import PlannerLimits
+from qlp.store.db import connect
+from qlp.store.embedded import EmbeddedPostgres
+from qlp.store.repository import Store
+
+# --- sandbox ------------------------------------------------------------------------------
+# (sandbox selection lives in this section)
+
+
+# --- llm ----------------------------------------------------------------------------------
+DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}
+_NO_LLM = (
+    "no LLM is configured: set QLP_LLM_PROVIDER (openai, azure, anthropic or scripted) and "
+    "its key, or pass --llm (e.g. --llm scripted:examples/todo-api/script.json)"
+)
+
+
+def apply_llm_spec(settings: Settings, spec: str | None) -> Settings:
+    """`--llm PROVIDER[:ARG]`: ARG is the script path for scripted, else the model name."""
+    if not spec:
+        return settings
+    provider, _, arg = spec.partition(":")
+    if provider not in ("openai", "azure", "anthropic", "scripted"):
+        raise ConfigError(
+            f"--llm {spec!r}: unknown provider {provider!r}; "
+            "use openai[:MODEL], azure:DEPLOYMENT, anthropic[:MODEL] or scripted:PATH"
+        )
+    update: dict[str, object] = {"llm_provider": provider}
+    if provider == "scripted":
+        if not arg:
+            raise ConfigError("--llm scripted needs a script path: --llm scripted:PATH")
+        update["llm_script"] = Path(arg).expanduser().resolve()
+    elif arg:
+        update["llm_model"] = arg
+    return settings.model_copy(update=update)
+
+
+def make_llm(settings: Settings) -> LLMClient:
+    provider = settings.llm_provider
+    if provider is None:
+        raise ConfigError(_NO_LLM)
+    if provider == "scripted":
+        if settings.llm_script is None:
+            raise ConfigError("QLP_LLM_SCRIPT: the scripted provider needs a script file")
+        return ScriptedClient(Script.load(settings.llm_script))
+    retry = RetryPolicy(
+        max_retries=settings.llm_max_retries,
+        base_s=settings.llm_retry_base_s,
+        max_s=settings.llm_retry_max_s,
+    )
+    prices = settings.price_table()
+    if provider == "anthropic":
+        key = settings.anthropic_api_key
+        if key is None:
+            raise ConfigError("ANTHROPIC_API_KEY is not set (needed by QLP_LLM_PROVIDER=anthropic)")
+        return AnthropicClient(
+            model=settings.llm_model or DEFAULT_MODELS["anthropic"],
+            api_key=key.get_secret_value(),
+            base_url=settings.llm_base_url,
+            timeout_s=settings.llm_timeout_s,
+            retry=retry,
+            prices=prices,
+        )
+    if provider == "azure":
+        azure_key = settings.azure_openai_api_key
+        if azure_key is None or not settings.azure_openai_endpoint:
+            raise ConfigError(
+                "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT must both be set "
+                "(needed by QLP_LLM_PROVIDER=azure)"
+            )
+        if not settings.llm_model:
+            raise ConfigError("QLP_LLM_MODEL: name the Azure OpenAI deployment to use")
+        return OpenAICompatClient(
+            model=settings.llm_model,
+            api_key=azure_key.get_secret_value(),
+            azure_endpoint=settings.azure_openai_endpoint,
+            azure_api_version=settings.azure_openai_api_version,
+            timeout_s=settings.llm_timeout_s,
+            retry=retry,
+            prices=prices,
+            provider_name="azure",
+        )
+    openai_key = settings.openai_api_key
+    if openai_key is None and settings.llm_base_url is None:
+        raise ConfigError(
+            "OPENAI_API_KEY is not set (needed by QLP_LLM_PROVIDER=openai; for a local "
+            "OpenAI-compatible server set QLP_LLM_BASE_URL instead)"
+        )
+    return OpenAICompatClient(
+        model=settings.llm_model or DEFAULT_MODELS["openai"],
+        api_key=openai_key.get_secret_value() if openai_key else None,
+        base_url=settings.llm_base_url,
+        timeout_s=settings.llm_timeout_s,
+        retry=retry,
+        prices=prices,
+        provider_name="openai" if settings.llm_base_url is None else "openai-compatible",
+    )
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        workspaces_dir=settings.workspaces_dir,
+        max_parallel_tasks=settings.max_parallel_tasks,
+        task_timeout_s=settings.task_timeout_s,
+        token_budget=settings.token_budget_per_intent,
+        context_token_budget=settings.context_token_budget,
+        planner=PlannerLimits(
+            max_tasks=settings.max_tasks_per_plan,
+            max_reasks=settings.llm_max_reasks,
+            max_output_tokens=settings.llm_max_output_tokens,
+            temperature=settings.llm_temperature,
+        ),
+        agent=AgentSettings(
+            limits=FileLimits(
+                max_files=settings.max_files_per_task,
+                max_file_bytes=settings.max_file_bytes,
+                max_path_length=settings.max_path_length,
+            ),
+            max_reasks=settings.llm_max_reasks,
+            max_output_tokens=settings.llm_max_output_tokens,
+            temperature=settings.llm_temperature,
+        ),
+    )
+
+
+# --- store --------------------------------------------------------------------------------
+@dataclass
+class Runtime:
+    """Everything a face needs, opened once per process (or per test)."""
+
+    settings: Settings
+    store: Store
+    bus: EventBus
+    _llm: LLMClient | None = field(default=None, repr=False)
+
+    def llm(self) -> LLMClient:
+        if self._llm is None:
+            self._llm = make_llm(self.settings)
+        return self._llm
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.store, self.llm(), engine_config(self.settings))
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
+    """Connect to (or start) PostgreSQL, migrate, and yield a Runtime; close all on exit."""
+    embedded: EmbeddedPostgres | None = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.home / "postgres" / "data")
+        url = await asyncio.to_thread(embedded.acquire)
+    try:
+        engine = await connect(url, migrate=migrate)
+        bus = EventBus()
+        runtime = Runtime(settings=settings, store=Store(engine, bus.publish), bus=bus)
+        try:
+            yield runtime
+        finally:
+            if runtime._llm is not None:
+                await runtime._llm.aclose()
+            await engine.dispose()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.release)

@@ -1,0 +1,95 @@
+"""The intent's project tree on disk: safe, atomic writes that never follow a link.
+
+Code run later in the sandbox can leave symlinks in the workspace; a write must never be
+redirected through one to a host path. So every path is walked one directory at a time
+with O_NOFOLLOW, and each file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlp.errors import UnsafePathError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: str
+    sha256: str
+    size: int
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+    def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str]:
+        """Return an fd of the folder holding `rel` (walked without following links)."""
+        parts = rel.split("/")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:  # ELOOP / ENOTDIR: a link or a file stands there
+                    raise UnsafePathError(
+                        f"refusing to write {rel}: {part!r} is a link or not a folder"
+                    ) from exc
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    def write(self, rel: str, content: str) -> WrittenFile:
+        data = content.encode("utf-8")
+        dir_fd, name = self._open_parent(rel, create=True)
+        tmp = f".{name}.qlp-tmp-{os.getpid()}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(existing.st_mode):
+                    raise UnsafePathError(f"refusing to write {rel}: a link or folder is there")
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        finally:
+            os.close(dir_fd)
+        return WrittenFile(path=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    def read(self, rel: str) -> str:
+        dir_fd, name = self._open_parent(rel, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read().decode("utf-8", errors="replace")

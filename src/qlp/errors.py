@@ -1,0 +1,62 @@
+"""One error hierarchy. Messages are written for the person who will read them."""
+
+from __future__ import annotations
+
+
+class QLPError(Exception):
+    """Base of every error QLP raises on purpose. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UserInputError(QLPError):
+    """The request itself is wrong (bad argument, unknown id, bad file)."""
+
+    exit_code = 2
+
+
+class ConfigError(UserInputError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class NotFoundError(UserInputError):
+    """An id or file the user named does not exist."""
+
+
+class StoreError(QLPError):
+    """The database could not be reached, started or migrated."""
+
+
+class LLMError(QLPError):
+    """A model call failed after retries, timed out, or the provider refused it."""
+
+
+class ScriptExhaustedError(LLMError):
+    """The scripted provider has no unused answer that matches the call."""
+
+
+class InvalidAnswerError(QLPError):
+    """A model answer did not satisfy its contract (bad JSON, schema, DAG, paths)."""
+
+
+class PlanError(QLPError):
+    """The planner could not produce a valid plan within its attempts."""
+
+
+class BudgetExceededError(QLPError):
+    """The intent spent its token budget."""
+
+
+class UnsafePathError(InvalidAnswerError):
+    """An agent asked to write a path outside the project or otherwise unsafe."""
+
+
+class SandboxError(QLPError):
+    """The sandbox backend is unavailable or failed to start a session."""

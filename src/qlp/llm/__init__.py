@@ -1,0 +1,1 @@
+"""The LLM port (base.py) and its adapters."""

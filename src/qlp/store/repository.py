@@ -1,0 +1,579 @@
+"""The store: every read and write of QLP's tables, one short transaction each.
+
+Each method that changes state commits before it returns, together with the event that
+describes the change, and then hands those events to the sink (the engine's bus). So a
+process that dies at any point leaves the database describing exactly what had happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from qlp.domain import events as ev
+from qlp.domain.events import Event
+from qlp.domain.ids import TaskType
+from qlp.domain.plan import Plan
+from qlp.domain.states import (
+    IntentStatus,
+    TaskStatus,
+    check_intent_transition,
+    check_task_transition,
+)
+from qlp.errors import NotFoundError
+from qlp.llm.base import CallRecord
+from qlp.store import schema as t
+from qlp.store.base import (
+    EventSink,
+    FileRecord,
+    IntentRecord,
+    LLMCallRecord,
+    TaskRecord,
+    Totals,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _no_sink(_: list[Event]) -> None:
+    return None
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, sink: EventSink | None = None) -> None:
+        self.engine = engine
+        self._sink = sink or _no_sink
+
+    def set_sink(self, sink: EventSink) -> None:
+        self._sink = sink
+
+    # -- events ------------------------------------------------------------------------
+    async def _event(
+        self, conn: AsyncConnection, intent_id: str, type_: str, payload: dict[str, Any]
+    ) -> Event:
+        seq = (
+            await conn.execute(
+                update(t.intents)
+                .where(t.intents.c.id == intent_id)
+                .values(event_seq=t.intents.c.event_seq + 1)
+                .returning(t.intents.c.event_seq)
+            )
+        ).scalar_one()
+        at = utcnow()
+        await conn.execute(
+            insert(t.events).values(
+                intent_id=intent_id, seq=seq, type=type_, at=at, payload=payload
+            )
+        )
+        return Event(seq=seq, intent_id=intent_id, type=type_, at=at, payload=payload)
+
+    async def _publish(self, events: list[Event]) -> None:
+        if events:
+            await self._sink(events)
+
+    async def append_event(
+        self, intent_id: str, type_: str, payload: dict[str, Any] | None = None
+    ) -> Event:
+        async with self.engine.begin() as conn:
+            event = await self._event(conn, intent_id, type_, payload or {})
+        await self._publish([event])
+        return event
+
+    async def list_events(self, intent_id: str, after_seq: int = 0) -> list[Event]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.events)
+                .where(t.events.c.intent_id == intent_id, t.events.c.seq > after_seq)
+                .order_by(t.events.c.seq)
+            )
+            return [
+                Event(seq=r.seq, intent_id=r.intent_id, type=r.type, at=r.at, payload=r.payload)
+                for r in rows
+            ]
+
+    # -- intents -----------------------------------------------------------------------
+    async def create_intent(
+        self,
+        intent_id: str,
+        text: str,
+        *,
+        options: dict[str, Any],
+        user_id: str | None,
+        workspace: str,
+    ) -> IntentRecord:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(t.intents).values(
+                    id=intent_id,
+                    text=text,
+                    options=options,
+                    user_id=user_id,
+                    status=IntentStatus.QUEUED.value,
+                    workspace=workspace,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            event = await self._event(conn, intent_id, ev.INTENT_QUEUED, {"text": text})
+        await self._publish([event])
+        return await self.get_intent(intent_id)
+
+    async def set_intent_status(
+        self,
+        intent_id: str,
+        status: IntentStatus,
+        *,
+        event_type: str,
+        payload: dict[str, Any] | None = None,
+        error: str | None = None,
+        plan: Plan | None = None,
+    ) -> Event:
+        async with self.engine.begin() as conn:
+            current = (
+                await conn.execute(
+                    select(t.intents.c.status, t.intents.c.started_at)
+                    .where(t.intents.c.id == intent_id)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            if current is None:
+                raise NotFoundError(f"no intent {intent_id}")
+            check_intent_transition(IntentStatus(current.status), status)
+            now = utcnow()
+            values: dict[str, Any] = {"status": status.value, "updated_at": now, "error": error}
+            if current.started_at is None and status != IntentStatus.QUEUED:
+                values["started_at"] = now
+            values["finished_at"] = now if status.is_terminal else None
+            if plan is not None:
+                values["plan"] = plan.model_dump(mode="json")
+            await conn.execute(update(t.intents).where(t.intents.c.id == intent_id).values(values))
+            body = {"status": status.value, **({"error": error} if error else {})}
+            event = await self._event(conn, intent_id, event_type, {**body, **(payload or {})})
+        await self._publish([event])
+        return event
+
+    async def get_intent(self, intent_id: str) -> IntentRecord:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(t.intents).where(t.intents.c.id == intent_id))
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no intent with id {intent_id}")
+        return _intent(row)
+
+    async def find_intent(self, prefix: str) -> IntentRecord:
+        """An intent by its full id or an unambiguous prefix (as `git` does for commits)."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.intents)
+                    .where(t.intents.c.id.startswith(prefix, autoescape=True))
+                    .limit(2)
+                )
+            ).all()
+        if not rows:
+            raise NotFoundError(f"no intent with id {prefix}")
+        if len(rows) > 1:
+            raise NotFoundError(f"{prefix} matches more than one intent; give more characters")
+        return _intent(rows[0])
+
+    async def list_intents(
+        self, *, limit: int = 20, status: IntentStatus | None = None
+    ) -> list[IntentRecord]:
+        query = select(t.intents).order_by(t.intents.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(t.intents.c.status == status.value)
+        async with self.engine.connect() as conn:
+            return [_intent(r) for r in await conn.execute(query)]
+
+    # -- plan and tasks ----------------------------------------------------------------
+    async def save_plan(self, intent_id: str, plan: Plan, order: Sequence[str]) -> Event:
+        """Store the plan and its tasks (pending) and move the intent to executing."""
+        position = {task_id: i for i, task_id in enumerate(order)}
+        async with self.engine.begin() as conn:
+            status = (
+                await conn.execute(
+                    select(t.intents.c.status).where(t.intents.c.id == intent_id).with_for_update()
+                )
+            ).scalar_one()
+            check_intent_transition(IntentStatus(status), IntentStatus.EXECUTING)
+            await conn.execute(t.tasks.delete().where(t.tasks.c.intent_id == intent_id))
+            await conn.execute(
+                insert(t.tasks),
+                [
+                    {
+                        "intent_id": intent_id,
+                        "id": task.id,
+                        "type": task.type.value,
+                        "title": task.title,
+                        "description": task.description,
+                        "dependencies": task.dependencies,
+                        "priority": task.priority,
+                        "acceptance_criteria": task.acceptance_criteria,
+                        "position": position[task.id],
+                        "status": TaskStatus.PENDING.value,
+                    }
+                    for task in plan.tasks
+                ],
+            )
+            await conn.execute(
+                update(t.intents)
+                .where(t.intents.c.id == intent_id)
+                .values(
+                    plan=plan.model_dump(mode="json"),
+                    status=IntentStatus.EXECUTING.value,
+                    updated_at=utcnow(),
+                )
+            )
+            event = await self._event(
+                conn,
+                intent_id,
+                ev.INTENT_PLANNED,
+                {
+                    "tasks": [
+                        {
+                            "id": x.id,
+                            "type": x.type.value,
+                            "title": x.title,
+                            "dependencies": x.dependencies,
+                        }
+                        for x in sorted(plan.tasks, key=lambda x: position[x.id])
+                    ],
+                    "summary": plan.summary,
+                },
+            )
+        await self._publish([event])
+        return event
+
+    async def get_tasks(self, intent_id: str) -> list[TaskRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.tasks).where(t.tasks.c.intent_id == intent_id).order_by(t.tasks.c.position)
+            )
+            return [_task(r) for r in rows]
+
+    async def set_task_status(
+        self,
+        intent_id: str,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        event_type: str,
+        payload: dict[str, Any] | None = None,
+        error: str | None = None,
+        notes: str | None = None,
+    ) -> Event:
+        async with self.engine.begin() as conn:
+            events = await self._set_task(
+                conn, intent_id, [task_id], status, event_type, payload or {}, error, notes
+            )
+        await self._publish(events)
+        return events[0]
+
+    async def set_tasks_status(
+        self,
+        intent_id: str,
+        task_ids: Iterable[str],
+        status: TaskStatus,
+        *,
+        event_type: str,
+        error: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> list[Event]:
+        ids = sorted(task_ids)
+        if not ids:
+            return []
+        async with self.engine.begin() as conn:
+            events = await self._set_task(
+                conn, intent_id, ids, status, event_type, payload or {}, error, None
+            )
+        await self._publish(events)
+        return events
+
+    async def _set_task(
+        self,
+        conn: AsyncConnection,
+        intent_id: str,
+        task_ids: list[str],
+        status: TaskStatus,
+        event_type: str,
+        payload: dict[str, Any],
+        error: str | None,
+        notes: str | None,
+    ) -> list[Event]:
+        rows = (
+            await conn.execute(
+                select(t.tasks.c.id, t.tasks.c.status)
+                .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id.in_(task_ids))
+                .with_for_update()
+            )
+        ).all()
+        found = {r.id: TaskStatus(r.status) for r in rows}
+        missing = set(task_ids) - set(found)
+        if missing:
+            raise NotFoundError(f"intent {intent_id} has no task {sorted(missing)[0]}")
+        now = utcnow()
+        events = []
+        for task_id in task_ids:
+            check_task_transition(found[task_id], status)
+            values: dict[str, Any] = {"status": status.value, "error": error}
+            if status == TaskStatus.RUNNING:
+                values.update(started_at=now, finished_at=None, attempts=t.tasks.c.attempts + 1)
+            elif status == TaskStatus.PENDING:
+                values.update(started_at=None, finished_at=None)
+            else:
+                values["finished_at"] = now
+            if notes is not None:
+                values["notes"] = notes
+            await conn.execute(
+                update(t.tasks)
+                .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id == task_id)
+                .values(values)
+            )
+            body: dict[str, Any] = {"task_id": task_id, "status": status.value}
+            if error:
+                body["error"] = error
+            events.append(await self._event(conn, intent_id, event_type, {**body, **payload}))
+        return events
+
+    # -- LLM calls ---------------------------------------------------------------------
+    async def record_llm_call(
+        self, intent_id: str, task_id: str | None, record: CallRecord
+    ) -> Totals:
+        """Keep the call in the transcript and add it to the intent's and task's totals."""
+        response = record.response
+        usage_in = response.usage.input_tokens if response else 0
+        usage_out = response.usage.output_tokens if response else 0
+        cost = response.cost_usd if response else 0.0
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(t.llm_calls).values(
+                    intent_id=intent_id,
+                    task_id=task_id,
+                    purpose=record.request.purpose[:80],
+                    provider=record.provider,
+                    model=record.model,
+                    request=record.request.as_dict(),
+                    response=response.content if response else None,
+                    error=record.error,
+                    input_tokens=usage_in,
+                    output_tokens=usage_out,
+                    cost_usd=None if cost is None else Decimal(str(cost)),
+                    latency_ms=record.latency_s * 1000.0,
+                    attempts=response.attempts if response else 1,
+                    created_at=utcnow(),
+                )
+            )
+            row = (
+                await conn.execute(
+                    update(t.intents)
+                    .where(t.intents.c.id == intent_id)
+                    .values(
+                        input_tokens=t.intents.c.input_tokens + usage_in,
+                        output_tokens=t.intents.c.output_tokens + usage_out,
+                        cost_usd=t.intents.c.cost_usd + Decimal(str(cost or 0.0)),
+                        unpriced_calls=t.intents.c.unpriced_calls + (1 if cost is None else 0),
+                        llm_calls=t.intents.c.llm_calls + 1,
+                    )
+                    .returning(
+                        t.intents.c.input_tokens,
+                        t.intents.c.output_tokens,
+                        t.intents.c.cost_usd,
+                        t.intents.c.unpriced_calls,
+                        t.intents.c.llm_calls,
+                    )
+                )
+            ).one()
+            if task_id is not None:
+                await conn.execute(
+                    update(t.tasks)
+                    .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id == task_id)
+                    .values(
+                        input_tokens=t.tasks.c.input_tokens + usage_in,
+                        output_tokens=t.tasks.c.output_tokens + usage_out,
+                    )
+                )
+            totals = Totals(
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+                cost_usd=float(row.cost_usd),
+                unpriced_calls=row.unpriced_calls,
+                llm_calls=row.llm_calls,
+            )
+            event = await self._event(
+                conn,
+                intent_id,
+                ev.LLM_USAGE,
+                {
+                    "task_id": task_id,
+                    "purpose": record.request.purpose,
+                    "model": record.model,
+                    "input_tokens": usage_in,
+                    "output_tokens": usage_out,
+                    "cost_usd": cost,
+                    "ok": record.error is None,
+                    "total_tokens": totals.total_tokens,
+                    "total_cost_usd": totals.cost_usd,
+                    "cost_known": totals.unpriced_calls == 0,
+                },
+            )
+        await self._publish([event])
+        return totals
+
+    async def list_llm_calls(self, intent_id: str) -> list[LLMCallRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.llm_calls)
+                .where(t.llm_calls.c.intent_id == intent_id)
+                .order_by(t.llm_calls.c.id)
+            )
+            return [
+                LLMCallRecord(
+                    id=r.id,
+                    intent_id=r.intent_id,
+                    task_id=r.task_id,
+                    purpose=r.purpose,
+                    provider=r.provider,
+                    model=r.model,
+                    request=r.request,
+                    response=r.response,
+                    error=r.error,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    cost_usd=None if r.cost_usd is None else float(r.cost_usd),
+                    latency_ms=r.latency_ms,
+                    attempts=r.attempts,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+
+    # -- workspace files ---------------------------------------------------------------
+    async def get_files(self, intent_id: str) -> dict[str, FileRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.files).where(t.files.c.intent_id == intent_id).order_by(t.files.c.path)
+            )
+            return {
+                r.path: FileRecord(
+                    path=r.path,
+                    sha256=r.sha256,
+                    size=r.size,
+                    task_id=r.task_id,
+                    updated_at=r.updated_at,
+                )
+                for r in rows
+            }
+
+    async def record_task_output(
+        self,
+        intent_id: str,
+        task_id: str,
+        written: Sequence[tuple[str, str, int]],
+        conflicts: Sequence[dict[str, Any]],
+        notes: str,
+    ) -> list[Event]:
+        """Record the files a task wrote, the conflicts it met, and mark it succeeded."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            if written:
+                stmt = pg_insert(t.files).values(
+                    [
+                        {
+                            "intent_id": intent_id,
+                            "path": path,
+                            "sha256": sha,
+                            "size": size,
+                            "task_id": task_id,
+                            "updated_at": now,
+                        }
+                        for path, sha, size in written
+                    ]
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[t.files.c.intent_id, t.files.c.path],
+                        set_={
+                            "sha256": stmt.excluded.sha256,
+                            "size": stmt.excluded.size,
+                            "task_id": stmt.excluded.task_id,
+                            "updated_at": stmt.excluded.updated_at,
+                        },
+                    )
+                )
+            events = [
+                await self._event(conn, intent_id, ev.FILE_CONFLICT, dict(c)) for c in conflicts
+            ]
+            events.append(
+                await self._event(
+                    conn,
+                    intent_id,
+                    ev.TASK_OUTPUT,
+                    {"task_id": task_id, "files": [p for p, _, _ in written], "notes": notes},
+                )
+            )
+            events += await self._set_task(
+                conn,
+                intent_id,
+                [task_id],
+                TaskStatus.SUCCEEDED,
+                ev.TASK_SUCCEEDED,
+                {"files": len(written)},
+                None,
+                notes,
+            )
+        await self._publish(events)
+        return events
+
+
+def _intent(r: Row[Any]) -> IntentRecord:
+    return IntentRecord(
+        id=r.id,
+        text=r.text,
+        options=r.options,
+        user_id=r.user_id,
+        status=IntentStatus(r.status),
+        plan=r.plan,
+        error=r.error,
+        workspace=r.workspace,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        updated_at=r.updated_at,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cost_usd=float(r.cost_usd),
+        unpriced_calls=r.unpriced_calls,
+        llm_calls=r.llm_calls,
+    )
+
+
+def _task(r: Row[Any]) -> TaskRecord:
+    return TaskRecord(
+        intent_id=r.intent_id,
+        id=r.id,
+        type=TaskType(r.type),
+        title=r.title,
+        description=r.description,
+        dependencies=list(r.dependencies),
+        priority=r.priority,
+        acceptance_criteria=list(r.acceptance_criteria),
+        position=r.position,
+        status=TaskStatus(r.status),
+        attempts=r.attempts,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        error=r.error,
+        notes=r.notes,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+    )
