@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -12,6 +12,25 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from qlp.store.embedded import EmbeddedPostgres
+
+_NETWORK_ENV = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_CUSTOM_HEADERS",
+)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy or base-URL variable may send a test request anywhere but 127.0.0.1."""
+    for name in _NETWORK_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +68,3 @@ def qlp_home(tmp_path: Path) -> Path:
     home = tmp_path / "qlp-home"
     home.mkdir()
     return home
-
-
-@pytest.fixture
-async def runtime_env(db_url: str, qlp_home: Path) -> AsyncIterator[dict[str, str]]:
-    """Environment variables for a `qlp` subprocess using this module's database."""
-    yield {"QLP_DATABASE_URL": db_url, "QLP_HOME": str(qlp_home)}

@@ -40,13 +40,12 @@ def plan_answer(tasks: Iterable[dict[str, Any]], summary: str = "test plan") -> 
 
 
 def files_answer(files: Mapping[str, str], notes: str = "done") -> str:
-    return json.dumps({"files": [{"path": p, "content": c} for p, c in files.items()],
-                       "notes": notes})
+    return json.dumps(
+        {"files": [{"path": p, "content": c} for p, c in files.items()], "notes": notes}
+    )
 
 
-def dag_script(
-    deps: Mapping[str, Sequence[str]], *, delay_s: float = 0.0
-) -> list[dict[str, Any]]:
+def dag_script(deps: Mapping[str, Sequence[str]], *, delay_s: float = 0.0) -> list[dict[str, Any]]:
     """A plan with the given dependency graph and one single-file answer per task."""
     entries: list[dict[str, Any]] = [
         {"when": PLAN_WHEN, "content": plan_answer(plan_task(t, d) for t, d in deps.items())}

@@ -36,6 +36,7 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4.1": ModelPrice(input_per_mtok=2.00, output_per_mtok=8.00),
     "gpt-4.1-mini": ModelPrice(input_per_mtok=0.40, output_per_mtok=1.60),
     "claude-sonnet-4-5": ModelPrice(input_per_mtok=3.00, output_per_mtok=15.00),
+    "claude-sonnet-4-6": ModelPrice(input_per_mtok=3.00, output_per_mtok=15.00),
     "claude-haiku-4-5": ModelPrice(input_per_mtok=1.00, output_per_mtok=5.00),
     # The scripted provider costs nothing, and that is known, not guessed.
     "scripted": ModelPrice(input_per_mtok=0.0, output_per_mtok=0.0),

@@ -6,7 +6,7 @@ import asyncio
 import platform
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
 import typer
@@ -65,7 +65,10 @@ def _root(
 
 # -- running intents --------------------------------------------------------------------
 async def _drive(
-    rt: Runtime, intent: IntentRecord, work: Callable[[], Awaitable[IntentRecord]], as_json: bool
+    rt: Runtime,
+    intent: IntentRecord,
+    work: Callable[[], Coroutine[Any, Any, IntentRecord]],
+    as_json: bool,
 ) -> int:
     """Run `work` while rendering its events; Ctrl-C cancels it cleanly."""
     queue = rt.bus.subscribe()

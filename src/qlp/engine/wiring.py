@@ -29,7 +29,7 @@ from qlp.store.repository import Store
 
 
 # --- llm ----------------------------------------------------------------------------------
-DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}
+DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-6"}
 _NO_LLM = (
     "no LLM is configured: set QLP_LLM_PROVIDER (openai, azure, anthropic or scripted) and "
     "its key, or pass --llm (e.g. --llm scripted:examples/todo-api/script.json)"

@@ -43,16 +43,21 @@ def test_priority_breaks_ties_then_id() -> None:
     [
         ([plan_task("QL-DEV-001", ["QL-DEV-001"])], "depends on itself"),
         (
-            [plan_task("QL-DEV-001", ["QL-DEV-003"]), plan_task("QL-DEV-002", ["QL-DEV-001"]),
-             plan_task("QL-DEV-003", ["QL-DEV-002"])],
+            [
+                plan_task("QL-DEV-001", ["QL-DEV-003"]),
+                plan_task("QL-DEV-002", ["QL-DEV-001"]),
+                plan_task("QL-DEV-003", ["QL-DEV-002"]),
+            ],
             "cycle: QL-DEV-001 -> QL-DEV-003 -> QL-DEV-002 -> QL-DEV-001",
         ),
         ([plan_task("QL-DEV-001", ["QL-TST-404"])], "unknown task QL-TST-404"),
         ([plan_task("QL-DEV-001"), plan_task("QL-DEV-001")], "used more than once"),
         ([{**plan_task("QL-DEV-001"), "type": "test"}], "id prefix must be QL-TST-"),
         ([{**plan_task("QL-DEV-001"), "id": "TASK-1"}], "is not of the form"),
-        ([plan_task("QL-DEV-001", ["QL-DEV-002", "QL-DEV-002"]), plan_task("QL-DEV-002")],
-         "more than once"),
+        (
+            [plan_task("QL-DEV-001", ["QL-DEV-002", "QL-DEV-002"]), plan_task("QL-DEV-002")],
+            "more than once",
+        ),
     ],
 )
 def test_invalid_plans_are_named_precisely(tasks: list[dict[str, object]], message: str) -> None:

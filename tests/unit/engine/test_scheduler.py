@@ -11,8 +11,12 @@ from qlp.errors import BudgetExceededError
 
 
 class Recorder:
-    def __init__(self, fail: set[str] = frozenset(), delay: float = 0.01,  # type: ignore[assignment]
-                 budget_fail: str | None = None) -> None:
+    def __init__(
+        self,
+        fail: set[str] = frozenset(),
+        delay: float = 0.01,  # type: ignore[assignment]
+        budget_fail: str | None = None,
+    ) -> None:
         self.fail = fail
         self.delay = delay
         self.budget_fail = budget_fail
@@ -46,8 +50,13 @@ class Recorder:
         self.cancelled_ids.extend(task_ids)
 
 
-def _run(deps: dict[str, list[str]], hooks: Recorder, parallel: int = 4,
-         done: set[str] | None = None, timeout: float = 10):  # type: ignore[no-untyped-def]
+def _run(
+    deps: dict[str, list[str]],
+    hooks: Recorder,
+    parallel: int = 4,
+    done: set[str] | None = None,
+    timeout: float = 10,
+):  # type: ignore[no-untyped-def]
     s = DagScheduler(deps, list(deps), hooks, max_parallel=parallel, task_timeout_s=timeout)
     return asyncio.run(s.run(done or set()))
 
