@@ -100,6 +100,9 @@ class RecordedRequest:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of parallel clients,
+    # which then wait a second for the retransmission.
+    request_queue_size = 128
 
     def __init__(self, owner: FakeLLMServer) -> None:
         self.owner = owner
@@ -110,6 +113,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (about 40 ms a response), which would swamp every measurement.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:

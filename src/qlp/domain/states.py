@@ -69,6 +69,11 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
+def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
+    """The task states from which `new` may be entered."""
+    return frozenset(old for old, targets in TASK_TRANSITIONS.items() if new in targets)
+
+
 class TransitionError(ValueError):
     pass
 

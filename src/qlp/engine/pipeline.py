@@ -24,7 +24,7 @@ from qlp.errors import BudgetExceededError, QLPError, UserInputError
 from qlp.llm.base import CallRecord, LLMClient
 from qlp.llm.recording import RecordingClient
 from qlp.planning.planner import PlannerLimits, make_plan
-from qlp.store.base import IntentRecord
+from qlp.store.base import FileRecord, IntentRecord
 from qlp.store.repository import Store
 
 MAX_INTENT_CHARS = 20_000
@@ -46,6 +46,8 @@ class Pipeline:
         self.store = store
         self.llm = llm
         self.config = config
+        # Tokens spent so far per running intent, kept current by every recorded call.
+        self._spent: dict[str, int] = {}
 
     # -- entry points --------------------------------------------------------------------
     async def submit(
@@ -67,23 +69,26 @@ class Pipeline:
 
     async def run(self, intent_id: str) -> IntentRecord:
         """Drive the intent to a final state (or until cancelled) and return it."""
-        intent = await self.store.get_intent(intent_id)
-        if intent.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
-            raise UserInputError(f"intent {intent_id} is already {intent.status.value}")
-        try:
-            if intent.status in (IntentStatus.FAILED, IntentStatus.CANCELLED):
-                await self.store.append_event(
-                    intent_id, ev.INTENT_RESUMED, {"from": intent.status.value}
-                )
-            plan = await self._ensure_plan(intent)
-            if plan is None:
-                return await self.store.get_intent(intent_id)
-            outcome = await self._execute(intent, plan)
-            await self._finish(intent_id, outcome)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(intent_id))
-            raise
-        return await self.store.get_intent(intent_id)
+        async with self.store.intent_lock(intent_id):
+            intent = await self.store.get_intent(intent_id)
+            if intent.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
+                raise UserInputError(f"intent {intent_id} is already {intent.status.value}")
+            try:
+                if intent.status in (IntentStatus.FAILED, IntentStatus.CANCELLED):
+                    await self.store.append_event(
+                        intent_id, ev.INTENT_RESUMED, {"from": intent.status.value}
+                    )
+                self._spent[intent_id] = intent.total_tokens
+                plan = await self._ensure_plan(intent)
+                if plan is not None:
+                    outcome = await self._execute(intent, plan)
+                    await self._finish(intent_id, outcome)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._cancel(intent_id))
+                raise
+            finally:
+                self._spent.pop(intent_id, None)
+            return await self.store.get_intent(intent_id)
 
     # -- steps ---------------------------------------------------------------------------
     async def _ensure_plan(self, intent: IntentRecord) -> Plan | None:
@@ -130,7 +135,7 @@ class Pipeline:
             await self.store.set_tasks_status(
                 intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
             )
-        run = _IntentRun(self, intent, plan)
+        run = _IntentRun(self, intent, plan, await self.store.get_files(intent.id))
         scheduler = DagScheduler(
             {t.id: t.dependencies for t in tasks},
             [t.id for t in tasks],
@@ -176,6 +181,7 @@ class Pipeline:
 
         async def observe(record: CallRecord) -> None:
             totals = await self.store.record_llm_call(intent_id, task_id, record)
+            self._spent[intent_id] = totals.total_tokens
             if totals.total_tokens > budget:
                 raise BudgetExceededError(
                     f"token budget of {budget} exceeded ({totals.total_tokens} tokens used); "
@@ -188,7 +194,9 @@ class Pipeline:
 class _IntentRun:
     """The scheduler's hooks for one intent: an agent per task, files into the workspace."""
 
-    def __init__(self, pipeline: Pipeline, intent: IntentRecord, plan: Plan) -> None:
+    def __init__(
+        self, pipeline: Pipeline, intent: IntentRecord, plan: Plan, files: dict[str, FileRecord]
+    ) -> None:
         self.p = pipeline
         self.store = pipeline.store
         self.intent = intent
@@ -197,23 +205,27 @@ class _IntentRun:
         self.deps = {t.id: t.dependencies for t in plan.tasks}
         self.position = {t: i for i, t in enumerate(topological_order(plan.tasks))}
         self._write_lock = asyncio.Lock()
+        # Which task wrote each path, loaded once and kept current (this run is the only
+        # writer: the intent lock keeps other processes out).
+        self.owners = {path: f.task_id for path, f in files.items()}
 
     async def _context(self, task_id: str) -> list[ContextFile]:
         wanted = set(transitive_dependencies(self.deps, task_id))
-        files = await self.store.get_files(self.intent.id)
+        if not wanted:
+            return []
+        async with self._write_lock:
+            chosen = sorted((p, t) for p, t in self.owners.items() if t in wanted)
         return [
-            ContextFile(path=f.path, task_id=f.task_id, content=self.workspace.read(f.path))
-            for f in files.values()
-            if f.task_id in wanted
+            ContextFile(path=path, task_id=owner, content=self.workspace.read(path))
+            for path, owner in chosen
         ]
 
     async def execute(self, task_id: str) -> None:
         intent_id = self.intent.id
-        current = await self.store.get_intent(intent_id)
-        if current.total_tokens > self.p.config.token_budget:
+        spent = self.p._spent.get(intent_id, 0)
+        if spent > self.p.config.token_budget:
             raise BudgetExceededError(
-                f"token budget of {self.p.config.token_budget} already spent "
-                f"({current.total_tokens} tokens)"
+                f"token budget of {self.p.config.token_budget} already spent ({spent} tokens)"
             )
         await self.store.set_task_status(
             intent_id, task_id, TaskStatus.RUNNING, event_type=ev.TASK_STARTED
@@ -243,19 +255,18 @@ class _IntentRun:
             on_reject=rejected,
         )
         async with self._write_lock:
-            existing = await self.store.get_files(intent_id)
             written: list[tuple[str, str, int]] = []
             conflicts: list[dict[str, Any]] = []
             for f in result.files:
-                prior = existing.get(f.path)
-                if prior is not None and prior.task_id != task_id:
+                prior = self.owners.get(f.path)
+                if prior is not None and prior != task_id:
                     # The later task in dependency order wins, whatever finished first.
-                    later = self.position[prior.task_id] > self.position[task_id]
+                    later = self.position[prior] > self.position[task_id]
                     conflicts.append(
                         {
                             "path": f.path,
-                            "kept": prior.task_id if later else task_id,
-                            "discarded": task_id if later else prior.task_id,
+                            "kept": prior if later else task_id,
+                            "discarded": task_id if later else prior,
                         }
                     )
                     if later:
@@ -265,6 +276,7 @@ class _IntentRun:
             await self.store.record_task_output(
                 intent_id, task_id, written, conflicts, result.notes
             )
+            self.owners.update((path, task_id) for path, _, _ in written)
 
     async def failed(self, task_id: str, reason: str) -> None:
         await self.store.set_task_status(

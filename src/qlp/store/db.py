@@ -63,7 +63,7 @@ def _describe(exc: BaseException) -> str:
 async def connect(url: str, *, migrate: bool = True, pool_size: int = 10) -> AsyncEngine:
     """Open an engine, check the server answers, and bring the schema to the latest version."""
     engine = create_async_engine(
-        normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
     )
     try:
         async with engine.begin() as conn:

@@ -7,13 +7,15 @@ process that dies at any point leaves the database describing exactly what had h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from qlp.domain import events as ev
@@ -25,10 +27,12 @@ from qlp.domain.states import (
     TaskStatus,
     check_intent_transition,
     check_task_transition,
+    sources_of,
 )
-from qlp.errors import NotFoundError
+from qlp.errors import NotFoundError, UserInputError
 from qlp.llm.base import CallRecord
 from qlp.store import schema as t
+from qlp.store import statements as st
 from qlp.store.base import (
     EventSink,
     FileRecord,
@@ -50,30 +54,65 @@ async def _no_sink(_: list[Event]) -> None:
 class Store:
     def __init__(self, engine: AsyncEngine, sink: EventSink | None = None) -> None:
         self.engine = engine
+        # Reads and single-statement writes need no explicit transaction: autocommit saves
+        # the BEGIN/COMMIT round trips (see statements.py).
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sink = sink or _no_sink
 
     def set_sink(self, sink: EventSink) -> None:
         self._sink = sink
 
+    @asynccontextmanager
+    async def intent_lock(self, intent_id: str) -> AsyncIterator[None]:
+        """Hold a session lock on the intent so no second process runs it at the same time."""
+        key = int.from_bytes(hashlib.sha256(intent_id.encode()).digest()[:8], "big", signed=True)
+        async with self._auto.connect() as conn:
+            got = (
+                await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+            ).scalar_one()
+            if not got:
+                raise UserInputError(
+                    f"intent {intent_id} is being run by another QLP process; wait for it "
+                    "to finish or stop it first"
+                )
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
     # -- events ------------------------------------------------------------------------
-    async def _event(
-        self, conn: AsyncConnection, intent_id: str, type_: str, payload: dict[str, Any]
-    ) -> Event:
+    @staticmethod
+    def _event_params(
+        intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]], now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "intent_id": intent_id,
+            "n_events": len(pending),
+            "now": now,
+            "events": json.dumps([{"type": ty, "payload": pl} for ty, pl in pending]),
+        }
+
+    @staticmethod
+    def _events(
+        intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]], last_seq: int, at: datetime
+    ) -> list[Event]:
+        first = last_seq - len(pending) + 1
+        return [
+            Event(seq=first + k, intent_id=intent_id, type=ty, at=at, payload=pl)
+            for k, (ty, pl) in enumerate(pending)
+        ]
+
+    async def _commit_events(
+        self, conn: AsyncConnection, intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[Event]:
+        """Number and insert a transaction's events; the transaction's last statement."""
+        now = utcnow()
         seq = (
-            await conn.execute(
-                update(t.intents)
-                .where(t.intents.c.id == intent_id)
-                .values(event_seq=t.intents.c.event_seq + 1)
-                .returning(t.intents.c.event_seq)
-            )
-        ).scalar_one()
-        at = utcnow()
-        await conn.execute(
-            insert(t.events).values(
-                intent_id=intent_id, seq=seq, type=type_, at=at, payload=payload
-            )
-        )
-        return Event(seq=seq, intent_id=intent_id, type=type_, at=at, payload=payload)
+            await conn.execute(st.APPEND_EVENTS, self._event_params(intent_id, pending, now))
+        ).scalar_one_or_none()
+        if seq is None:
+            raise NotFoundError(f"no intent with id {intent_id}")
+        return self._events(intent_id, pending, seq, now)
 
     async def _publish(self, events: list[Event]) -> None:
         if events:
@@ -83,12 +122,12 @@ class Store:
         self, intent_id: str, type_: str, payload: dict[str, Any] | None = None
     ) -> Event:
         async with self.engine.begin() as conn:
-            event = await self._event(conn, intent_id, type_, payload or {})
-        await self._publish([event])
-        return event
+            events = await self._commit_events(conn, intent_id, [(type_, payload or {})])
+        await self._publish(events)
+        return events[0]
 
     async def list_events(self, intent_id: str, after_seq: int = 0) -> list[Event]:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             rows = await conn.execute(
                 select(t.events)
                 .where(t.events.c.intent_id == intent_id, t.events.c.seq > after_seq)
@@ -123,8 +162,10 @@ class Store:
                     updated_at=now,
                 )
             )
-            event = await self._event(conn, intent_id, ev.INTENT_QUEUED, {"text": text})
-        await self._publish([event])
+            events = await self._commit_events(
+                conn, intent_id, [(ev.INTENT_QUEUED, {"text": text})]
+            )
+        await self._publish(events)
         return await self.get_intent(intent_id)
 
     async def set_intent_status(
@@ -157,12 +198,14 @@ class Store:
                 values["plan"] = plan.model_dump(mode="json")
             await conn.execute(update(t.intents).where(t.intents.c.id == intent_id).values(values))
             body = {"status": status.value, **({"error": error} if error else {})}
-            event = await self._event(conn, intent_id, event_type, {**body, **(payload or {})})
-        await self._publish([event])
-        return event
+            events = await self._commit_events(
+                conn, intent_id, [(event_type, {**body, **(payload or {})})]
+            )
+        await self._publish(events)
+        return events[0]
 
     async def get_intent(self, intent_id: str) -> IntentRecord:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             row = (
                 await conn.execute(select(t.intents).where(t.intents.c.id == intent_id))
             ).one_or_none()
@@ -172,7 +215,7 @@ class Store:
 
     async def find_intent(self, prefix: str) -> IntentRecord:
         """An intent by its full id or an unambiguous prefix (as `git` does for commits)."""
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             rows = (
                 await conn.execute(
                     select(t.intents)
@@ -192,7 +235,7 @@ class Store:
         query = select(t.intents).order_by(t.intents.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(t.intents.c.status == status.value)
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             return [_intent(r) for r in await conn.execute(query)]
 
     # -- plan and tasks ----------------------------------------------------------------
@@ -234,28 +277,25 @@ class Store:
                     updated_at=utcnow(),
                 )
             )
-            event = await self._event(
-                conn,
-                intent_id,
-                ev.INTENT_PLANNED,
-                {
-                    "tasks": [
-                        {
-                            "id": x.id,
-                            "type": x.type.value,
-                            "title": x.title,
-                            "dependencies": x.dependencies,
-                        }
-                        for x in sorted(plan.tasks, key=lambda x: position[x.id])
-                    ],
-                    "summary": plan.summary,
-                },
-            )
-        await self._publish([event])
-        return event
+            planned = {
+                "tasks": [
+                    {
+                        "id": x.id,
+                        "type": x.type.value,
+                        "title": x.title,
+                        "dependencies": x.dependencies,
+                    }
+                    for x in sorted(plan.tasks, key=lambda x: position[x.id])
+                ],
+                "summary": plan.summary,
+                "status": IntentStatus.EXECUTING.value,
+            }
+            events = await self._commit_events(conn, intent_id, [(ev.INTENT_PLANNED, planned)])
+        await self._publish(events)
+        return events[0]
 
     async def get_tasks(self, intent_id: str) -> list[TaskRecord]:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             rows = await conn.execute(
                 select(t.tasks).where(t.tasks.c.intent_id == intent_id).order_by(t.tasks.c.position)
             )
@@ -272,12 +312,10 @@ class Store:
         error: str | None = None,
         notes: str | None = None,
     ) -> Event:
-        async with self.engine.begin() as conn:
-            events = await self._set_task(
-                conn, intent_id, [task_id], status, event_type, payload or {}, error, notes
-            )
-        await self._publish(events)
-        return events[0]
+        events = await self._move_tasks(
+            intent_id, [task_id], status, event_type, payload or {}, error=error, notes=notes
+        )
+        return events[-1]
 
     async def set_tasks_status(
         self,
@@ -289,148 +327,125 @@ class Store:
         error: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> list[Event]:
-        ids = sorted(task_ids)
+        ids = sorted(set(task_ids))
         if not ids:
             return []
-        async with self.engine.begin() as conn:
-            events = await self._set_task(
-                conn, intent_id, ids, status, event_type, payload or {}, error, None
-            )
-        await self._publish(events)
-        return events
+        return await self._move_tasks(
+            intent_id, ids, status, event_type, payload or {}, error=error
+        )
 
-    async def _set_task(
+    async def _move_tasks(
         self,
-        conn: AsyncConnection,
         intent_id: str,
         task_ids: list[str],
         status: TaskStatus,
         event_type: str,
         payload: dict[str, Any],
-        error: str | None,
-        notes: str | None,
+        *,
+        error: str | None = None,
+        notes: str | None = None,
+        before: Sequence[tuple[str, dict[str, Any]]] = (),
+        files: Sequence[dict[str, Any]] = (),
     ) -> list[Event]:
-        rows = (
-            await conn.execute(
-                select(t.tasks.c.id, t.tasks.c.status)
-                .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id.in_(task_ids))
-                .with_for_update()
-            )
-        ).all()
-        found = {r.id: TaskStatus(r.status) for r in rows}
-        missing = set(task_ids) - set(found)
-        if missing:
-            raise NotFoundError(f"intent {intent_id} has no task {sorted(missing)[0]}")
-        now = utcnow()
-        events = []
+        """Move tasks to `status` (all or none), with their files and events, in ONE statement."""
+        pending = list(before)
         for task_id in task_ids:
-            check_task_transition(found[task_id], status)
-            values: dict[str, Any] = {"status": status.value, "error": error}
-            if status == TaskStatus.RUNNING:
-                values.update(started_at=now, finished_at=None, attempts=t.tasks.c.attempts + 1)
-            elif status == TaskStatus.PENDING:
-                values.update(started_at=None, finished_at=None)
-            else:
-                values["finished_at"] = now
-            if notes is not None:
-                values["notes"] = notes
-            await conn.execute(
-                update(t.tasks)
-                .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id == task_id)
-                .values(values)
-            )
             body: dict[str, Any] = {"task_id": task_id, "status": status.value}
             if error:
                 body["error"] = error
-            events.append(await self._event(conn, intent_id, event_type, {**body, **payload}))
+            pending.append((event_type, {**body, **payload}))
+        if status == TaskStatus.RUNNING:
+            clock = "start"
+        elif status == TaskStatus.PENDING:
+            clock = "reset"
+        else:
+            clock = "finish"
+        now = utcnow()
+        params = {
+            **self._event_params(intent_id, pending, now),
+            "n_tasks": len(task_ids),
+            "ids": task_ids,
+            "allowed": sorted(s.value for s in sources_of(status)),
+            "status": status.value,
+            "error": error,
+            "notes": notes,
+            "attempt_inc": 1 if status == TaskStatus.RUNNING else 0,
+            "clock": clock,
+            "files": json.dumps(list(files)),
+        }
+        async with self._auto.connect() as conn:
+            row = (await conn.execute(st.MOVE_TASKS, params)).one()
+            if not row.ok:
+                await self._explain_refused_move(conn, intent_id, task_ids, status)
+        events = self._events(intent_id, pending, row.event_seq, now)
+        await self._publish(events)
         return events
+
+    async def _explain_refused_move(
+        self, conn: AsyncConnection, intent_id: str, task_ids: list[str], status: TaskStatus
+    ) -> None:
+        rows = await conn.execute(
+            select(t.tasks.c.id, t.tasks.c.status).where(
+                t.tasks.c.intent_id == intent_id, t.tasks.c.id.in_(task_ids)
+            )
+        )
+        found = {r.id: TaskStatus(r.status) for r in rows}
+        for task_id in task_ids:
+            if task_id not in found:
+                raise NotFoundError(f"intent {intent_id} has no task {task_id}")
+            check_task_transition(found[task_id], status)
+        raise NotFoundError(f"intent {intent_id}: tasks changed while being moved")
 
     # -- LLM calls ---------------------------------------------------------------------
     async def record_llm_call(
         self, intent_id: str, task_id: str | None, record: CallRecord
     ) -> Totals:
-        """Keep the call in the transcript and add it to the intent's and task's totals."""
+        """Keep the call in the transcript and add it to the intent's totals."""
         response = record.response
         usage_in = response.usage.input_tokens if response else 0
         usage_out = response.usage.output_tokens if response else 0
         cost = response.cost_usd if response else 0.0
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(t.llm_calls).values(
-                    intent_id=intent_id,
-                    task_id=task_id,
-                    purpose=record.request.purpose[:80],
-                    provider=record.provider,
-                    model=record.model,
-                    request=record.request.as_dict(),
-                    response=response.content if response else None,
-                    error=record.error,
-                    input_tokens=usage_in,
-                    output_tokens=usage_out,
-                    cost_usd=None if cost is None else Decimal(str(cost)),
-                    latency_ms=record.latency_s * 1000.0,
-                    attempts=response.attempts if response else 1,
-                    created_at=utcnow(),
-                )
-            )
-            row = (
-                await conn.execute(
-                    update(t.intents)
-                    .where(t.intents.c.id == intent_id)
-                    .values(
-                        input_tokens=t.intents.c.input_tokens + usage_in,
-                        output_tokens=t.intents.c.output_tokens + usage_out,
-                        cost_usd=t.intents.c.cost_usd + Decimal(str(cost or 0.0)),
-                        unpriced_calls=t.intents.c.unpriced_calls + (1 if cost is None else 0),
-                        llm_calls=t.intents.c.llm_calls + 1,
-                    )
-                    .returning(
-                        t.intents.c.input_tokens,
-                        t.intents.c.output_tokens,
-                        t.intents.c.cost_usd,
-                        t.intents.c.unpriced_calls,
-                        t.intents.c.llm_calls,
-                    )
-                )
-            ).one()
-            if task_id is not None:
-                await conn.execute(
-                    update(t.tasks)
-                    .where(t.tasks.c.intent_id == intent_id, t.tasks.c.id == task_id)
-                    .values(
-                        input_tokens=t.tasks.c.input_tokens + usage_in,
-                        output_tokens=t.tasks.c.output_tokens + usage_out,
-                    )
-                )
-            totals = Totals(
-                input_tokens=row.input_tokens,
-                output_tokens=row.output_tokens,
-                cost_usd=float(row.cost_usd),
-                unpriced_calls=row.unpriced_calls,
-                llm_calls=row.llm_calls,
-            )
-            event = await self._event(
-                conn,
-                intent_id,
-                ev.LLM_USAGE,
-                {
-                    "task_id": task_id,
-                    "purpose": record.request.purpose,
-                    "model": record.model,
-                    "input_tokens": usage_in,
-                    "output_tokens": usage_out,
-                    "cost_usd": cost,
-                    "ok": record.error is None,
-                    "total_tokens": totals.total_tokens,
-                    "total_cost_usd": totals.cost_usd,
-                    "cost_known": totals.unpriced_calls == 0,
-                },
-            )
-        await self._publish([event])
-        return totals
+        usage = {
+            "task_id": task_id,
+            "purpose": record.request.purpose,
+            "model": record.model,
+            "input_tokens": usage_in,
+            "output_tokens": usage_out,
+            "cost_usd": cost,
+            "ok": record.error is None,
+        }
+        now = utcnow()
+        pending = [(ev.LLM_USAGE, usage)]
+        params = {
+            **self._event_params(intent_id, pending, now),
+            "task_id": task_id,
+            "purpose": record.request.purpose[:80],
+            "provider": record.provider,
+            "model": record.model,
+            "request": json.dumps(record.request.as_dict()),
+            "response": response.content if response else None,
+            "error": record.error,
+            "in_tok": usage_in,
+            "out_tok": usage_out,
+            "cost": None if cost is None else Decimal(str(cost)),
+            "latency_ms": record.latency_s * 1000.0,
+            "attempts": response.attempts if response else 1,
+        }
+        async with self._auto.connect() as conn:
+            row = (await conn.execute(st.RECORD_CALL, params)).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no intent with id {intent_id}")
+        await self._publish(self._events(intent_id, pending, row.event_seq, now))
+        return Totals(
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cost_usd=float(row.cost_usd),
+            unpriced_calls=row.unpriced_calls,
+            llm_calls=row.llm_calls,
+        )
 
     async def list_llm_calls(self, intent_id: str) -> list[LLMCallRecord]:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             rows = await conn.execute(
                 select(t.llm_calls)
                 .where(t.llm_calls.c.intent_id == intent_id)
@@ -459,7 +474,7 @@ class Store:
 
     # -- workspace files ---------------------------------------------------------------
     async def get_files(self, intent_id: str) -> dict[str, FileRecord]:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             rows = await conn.execute(
                 select(t.files).where(t.files.c.intent_id == intent_id).order_by(t.files.c.path)
             )
@@ -483,56 +498,26 @@ class Store:
         notes: str,
     ) -> list[Event]:
         """Record the files a task wrote, the conflicts it met, and mark it succeeded."""
-        now = utcnow()
-        async with self.engine.begin() as conn:
-            if written:
-                stmt = pg_insert(t.files).values(
-                    [
-                        {
-                            "intent_id": intent_id,
-                            "path": path,
-                            "sha256": sha,
-                            "size": size,
-                            "task_id": task_id,
-                            "updated_at": now,
-                        }
-                        for path, sha, size in written
-                    ]
-                )
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[t.files.c.intent_id, t.files.c.path],
-                        set_={
-                            "sha256": stmt.excluded.sha256,
-                            "size": stmt.excluded.size,
-                            "task_id": stmt.excluded.task_id,
-                            "updated_at": stmt.excluded.updated_at,
-                        },
-                    )
-                )
-            events = [
-                await self._event(conn, intent_id, ev.FILE_CONFLICT, dict(c)) for c in conflicts
-            ]
-            events.append(
-                await self._event(
-                    conn,
-                    intent_id,
-                    ev.TASK_OUTPUT,
-                    {"task_id": task_id, "files": [p for p, _, _ in written], "notes": notes},
-                )
+        before = [(ev.FILE_CONFLICT, dict(c)) for c in conflicts]
+        before.append(
+            (
+                ev.TASK_OUTPUT,
+                {"task_id": task_id, "files": [p for p, _, _ in written], "notes": notes},
             )
-            events += await self._set_task(
-                conn,
-                intent_id,
-                [task_id],
-                TaskStatus.SUCCEEDED,
-                ev.TASK_SUCCEEDED,
-                {"files": len(written)},
-                None,
-                notes,
-            )
-        await self._publish(events)
-        return events
+        )
+        return await self._move_tasks(
+            intent_id,
+            [task_id],
+            TaskStatus.SUCCEEDED,
+            ev.TASK_SUCCEEDED,
+            {"files": len(written)},
+            notes=notes,
+            before=before,
+            files=[
+                {"path": p, "sha256": sha, "size": size, "task_id": task_id}
+                for p, sha, size in written
+            ],
+        )
 
 
 def _intent(r: Row[Any]) -> IntentRecord:
