@@ -309,3 +309,17 @@ def test_embedded_database_starts_and_stops_with_the_command(tmp_path: Path) -> 
     assert len(json.loads(listed.stdout)) == 1
     after = {p: (p.stat().st_mode, p.stat().st_uid) for p in [home, *home.parents]}
     assert after == before
+
+
+def test_json_logs_one_line_per_event_without_secrets(tmp_path: Path, db_url: str) -> None:
+    with FakeLLMServer(dag_script({"QL-DEV-001": []})) as server:
+        env = _openai_env(tmp_path, db_url, server)
+        env.update(QLP_LOG_LEVEL="info", QLP_LOG_FORMAT="json", OPENAI_API_KEY="sk-secret-123456")
+        res = qlp("run", "--json", "log me", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    intent_id = json.loads(res.stdout)["intent_id"]
+    assert [x["event"] for x in lines][:2] == ["intent.queued", "intent.planning"]
+    assert all(x["intent_id"] == intent_id for x in lines)
+    assert any(x["event"] == "task.succeeded" and x["task_id"] == "QL-DEV-001" for x in lines)
+    assert "sk-secret-123456" not in res.stderr + res.stdout

@@ -39,8 +39,13 @@ def _prompt_of(server: object, task_id: str) -> str:
 async def test_diamond_runs_in_dependency_order(qlp_home: Path, db_url: str) -> None:
     async with scenario(qlp_home, db_url, dag_script(DIAMOND, delay_s=0.05)) as (rt, _server):
         out = await run_intent(rt)
+        calls = await rt.store.list_llm_calls(out.intent.id)
+        files = await rt.store.get_files(out.intent.id)
     assert out.intent.status == IntentStatus.COMPLETED, out.intent.error
     assert all(t.status == TaskStatus.SUCCEEDED for t in out.tasks.values())
+    task_tokens = sum(t.input_tokens + t.output_tokens for t in out.tasks.values())
+    assert all(t.input_tokens > 0 and t.output_tokens > 0 for t in out.tasks.values())
+    assert task_tokens == sum(c.input_tokens + c.output_tokens for c in calls if c.task_id)
     seqs = {(e.type, e.payload.get("task_id")): e.seq for e in out.events}
     for task_id, deps in DIAMOND.items():
         for dep in deps:
@@ -48,7 +53,6 @@ async def test_diamond_runs_in_dependency_order(qlp_home: Path, db_url: str) -> 
     # B and C are independent: with delays both run at once.
     assert out.max_running() == 2
     # Every file is on disk and in the files table with its producer.
-    files = await rt.store.get_files(out.intent.id)
     for task_id in DIAMOND:
         path = f"out/{task_id}.txt"
         assert files[path].task_id == task_id

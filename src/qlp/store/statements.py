@@ -61,7 +61,8 @@ MOVE_TASKS = text(
     """
 )
 
-# Keep one model call in the transcript, add it to the intent's totals, emit llm.usage.
+# Keep one model call in the transcript, add it to the task's and intent's totals, and
+# emit llm.usage.
 RECORD_CALL = text(
     """
     WITH call AS (
@@ -72,6 +73,11 @@ RECORD_CALL = text(
                 :response, :error, :in_tok, :out_tok, CAST(:cost AS numeric), :latency_ms,
                 :attempts,
                 CAST(:now AS timestamptz))
+    ), per_task AS (
+        UPDATE tasks SET
+            input_tokens = input_tokens + :in_tok,
+            output_tokens = output_tokens + :out_tok
+        WHERE intent_id = :intent_id AND id = CAST(:task_id AS varchar)
     ), s AS (
         UPDATE intents SET
             event_seq = event_seq + :n_events,
