@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -84,22 +85,24 @@ def intent_json(
     }
 
 
-def tasks_table(tasks: list[TaskRecord]) -> Table:
+def _task_table(rows: Iterable[tuple[str, str, str, int, str]]) -> Table:
+    """Rows of (id, type, status, tokens, title)."""
     table = Table(show_edge=False, pad_edge=False, box=None)
     table.add_column("task", no_wrap=True)
     table.add_column("type")
     table.add_column("status")
     table.add_column("tokens", justify="right")
     table.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
-    for t in tasks:
-        table.add_row(
-            t.id,
-            t.type.value,
-            styled(t.status.value),
-            f"{t.input_tokens + t.output_tokens:,}",
-            t.title,
-        )
+    for task_id, type_, status, tokens, title in rows:
+        table.add_row(task_id, type_, styled(status), f"{tokens:,}", title)
     return table
+
+
+def tasks_table(tasks: list[TaskRecord]) -> Table:
+    return _task_table(
+        (t.id, t.type.value, t.status.value, t.input_tokens + t.output_tokens, t.title)
+        for t in tasks
+    )
 
 
 def summary(
@@ -171,23 +174,22 @@ class LiveView:
             if entry is not None:
                 entry["status"] = str(p["status"])
         elif event.type == "llm.usage":
-            self.tokens = int(p.get("total_tokens", self.tokens))
-            self.cost = float(p.get("total_cost_usd", self.cost))
-            self.cost_known = bool(p.get("cost_known", True))
+            used = int(p.get("input_tokens", 0)) + int(p.get("output_tokens", 0))
+            self.tokens += used
+            if p.get("cost_usd") is None:
+                self.cost_known = False
+            else:
+                self.cost += float(p["cost_usd"])
             entry = self.tasks.get(str(p.get("task_id")))
             if entry is not None:
-                entry["tokens"] += int(p.get("input_tokens", 0)) + int(p.get("output_tokens", 0))
+                entry["tokens"] += used
         self.last_note = describe(event)
 
     def render(self) -> RenderableType:
-        table = Table(show_edge=False, pad_edge=False, box=None)
-        table.add_column("task", no_wrap=True)
-        table.add_column("type")
-        table.add_column("status")
-        table.add_column("tokens", justify="right")
-        table.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
-        for task_id, t in self.tasks.items():
-            table.add_row(task_id, t["type"], styled(t["status"]), f"{t['tokens']:,}", t["title"])
+        table = _task_table(
+            (task_id, t["type"], t["status"], t["tokens"], t["title"])
+            for task_id, t in self.tasks.items()
+        )
         done = sum(1 for t in self.tasks.values() if t["status"] in ("succeeded",))
         head = Text.assemble(
             (self.intent_id, "bold"),
