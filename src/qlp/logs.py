@@ -20,7 +20,12 @@ _LEVELS = {
 _MAX_FIELD = 200
 
 
+_STATE = {"events": False}
+
+
 def configure(level: str, fmt: str) -> None:
+    # Events are logged at info; below that level the sink skips building their fields.
+    _STATE["events"] = _LEVELS[level] <= logging.INFO
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -48,6 +53,8 @@ def _short(value: Any) -> Any:
 
 def log_events(events: list[Event]) -> None:
     """Events carry ids and counts, never secrets (keys are not part of any payload)."""
+    if not _STATE["events"]:
+        return
     log = structlog.get_logger("qlp.events")
     for e in events:
         fields = {k: _short(v) for k, v in e.payload.items() if k != "tasks"}

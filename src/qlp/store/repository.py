@@ -108,7 +108,9 @@ class Store:
         """Number and insert a transaction's events; the transaction's last statement."""
         now = utcnow()
         seq = (
-            await conn.execute(st.APPEND_EVENTS, self._event_params(intent_id, pending, now))
+            await conn.exec_driver_sql(
+                st.APPEND_EVENTS, self._event_params(intent_id, pending, now)
+            )
         ).scalar_one_or_none()
         if seq is None:
             raise NotFoundError(f"no intent with id {intent_id}")
@@ -374,7 +376,7 @@ class Store:
             "files": json.dumps(list(files)),
         }
         async with self._auto.connect() as conn:
-            row = (await conn.execute(st.MOVE_TASKS, params)).one()
+            row = (await conn.exec_driver_sql(st.MOVE_TASKS, params)).one()
             if not row.ok:
                 await self._explain_refused_move(conn, intent_id, task_ids, status)
         events = self._events(intent_id, pending, row.event_seq, now)
@@ -432,7 +434,7 @@ class Store:
             "attempts": response.attempts if response else 1,
         }
         async with self._auto.connect() as conn:
-            row = (await conn.execute(st.RECORD_CALL, params)).one_or_none()
+            row = (await conn.exec_driver_sql(st.RECORD_CALL, params)).one_or_none()
         if row is None:
             raise NotFoundError(f"no intent with id {intent_id}")
         await self._publish(self._events(intent_id, pending, row.event_seq, now))

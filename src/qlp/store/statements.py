@@ -1,5 +1,8 @@
 """The store's hot-path writes, each one SQL statement run in autocommit mode.
 
+They are plain SQL in the driver's parameter style (`%(name)s`), run with
+`exec_driver_sql`: on the hot path SQLAlchemy's statement compilation is pure overhead.
+
 A task's life touches the intents row (its event counter and totals) several times, and
 with many tasks running at once that row is where they queue. Doing each change as a single
 statement (data-modifying CTEs) makes it atomic by itself and holds the row lock only while
@@ -8,51 +11,49 @@ PostgreSQL executes it, never across a round trip to Python.
 
 from __future__ import annotations
 
-from sqlalchemy import text
-
 # Numbers and inserts events given as a JSON array [{"type", "payload"}, ...]; used by all
 # statements below as their tail. `s` must return the new event_seq.
 _EVENTS_TAIL = """
     INSERT INTO events (intent_id, seq, type, at, payload)
-    SELECT CAST(:intent_id AS varchar), s.event_seq - :n_events + e.ord,
-           e.value->>'type', CAST(:now AS timestamptz), e.value->'payload'
-    FROM s, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(value, ord)
+    SELECT CAST(%(intent_id)s AS varchar), s.event_seq - %(n_events)s + e.ord,
+           e.value->>'type', CAST(%(now)s AS timestamptz), e.value->'payload'
+    FROM s, jsonb_array_elements(CAST(%(events)s AS jsonb)) WITH ORDINALITY AS e(value, ord)
 """
 
 # Move tasks to a new status (all of them or none: every task must be in an allowed source
 # state), upsert the files they wrote, and record the events. Returns ok and event_seq.
-MOVE_TASKS = text(
+MOVE_TASKS = (
     """
     WITH ok AS (
-        SELECT count(*) = :n_tasks AS ok FROM tasks
-        WHERE intent_id = :intent_id AND id = ANY(CAST(:ids AS varchar[]))
-          AND status = ANY(CAST(:allowed AS varchar[]))
+        SELECT count(*) = %(n_tasks)s AS ok FROM tasks
+        WHERE intent_id = %(intent_id)s AND id = ANY(CAST(%(ids)s AS varchar[]))
+          AND status = ANY(CAST(%(allowed)s AS varchar[]))
     ), moved AS (
         UPDATE tasks SET
-            status = :status,
-            error = CAST(:error AS text),
-            notes = COALESCE(CAST(:notes AS text), notes),
-            attempts = attempts + :attempt_inc,
-            started_at = CASE CAST(:clock AS text)
-                WHEN 'start' THEN CAST(:now AS timestamptz)
+            status = %(status)s,
+            error = CAST(%(error)s AS text),
+            notes = COALESCE(CAST(%(notes)s AS text), notes),
+            attempts = attempts + %(attempt_inc)s,
+            started_at = CASE CAST(%(clock)s AS text)
+                WHEN 'start' THEN CAST(%(now)s AS timestamptz)
                 WHEN 'reset' THEN NULL ELSE started_at END,
-            finished_at = CASE CAST(:clock AS text)
-                WHEN 'finish' THEN CAST(:now AS timestamptz) ELSE NULL END
-        WHERE intent_id = :intent_id AND id = ANY(CAST(:ids AS varchar[]))
+            finished_at = CASE CAST(%(clock)s AS text)
+                WHEN 'finish' THEN CAST(%(now)s AS timestamptz) ELSE NULL END
+        WHERE intent_id = %(intent_id)s AND id = ANY(CAST(%(ids)s AS varchar[]))
           AND (SELECT ok FROM ok)
         RETURNING id
     ), written AS (
         INSERT INTO files (intent_id, path, sha256, size, task_id, updated_at)
-        SELECT :intent_id, f->>'path', f->>'sha256', CAST(f->>'size' AS bigint),
-               f->>'task_id', CAST(:now AS timestamptz)
-        FROM jsonb_array_elements(CAST(:files AS jsonb)) AS f
+        SELECT %(intent_id)s, f->>'path', f->>'sha256', CAST(f->>'size' AS bigint),
+               f->>'task_id', CAST(%(now)s AS timestamptz)
+        FROM jsonb_array_elements(CAST(%(files)s AS jsonb)) AS f
         WHERE (SELECT ok FROM ok)
         ON CONFLICT (intent_id, path) DO UPDATE SET
             sha256 = EXCLUDED.sha256, size = EXCLUDED.size,
             task_id = EXCLUDED.task_id, updated_at = EXCLUDED.updated_at
     ), s AS (
-        UPDATE intents SET event_seq = event_seq + :n_events
-        WHERE id = :intent_id AND (SELECT ok FROM ok)
+        UPDATE intents SET event_seq = event_seq + %(n_events)s
+        WHERE id = %(intent_id)s AND (SELECT ok FROM ok)
         RETURNING event_seq
     ), ins AS ("""
     + _EVENTS_TAIL
@@ -63,31 +64,31 @@ MOVE_TASKS = text(
 
 # Keep one model call in the transcript, add it to the task's and intent's totals, and
 # emit llm.usage.
-RECORD_CALL = text(
+RECORD_CALL = (
     """
     WITH call AS (
         INSERT INTO llm_calls (intent_id, task_id, purpose, provider, model, request, response,
                                error, input_tokens, output_tokens, cost_usd, latency_ms,
                                attempts, created_at)
-        VALUES (:intent_id, :task_id, :purpose, :provider, :model, CAST(:request AS jsonb),
-                :response, :error, :in_tok, :out_tok, CAST(:cost AS numeric), :latency_ms,
-                :attempts,
-                CAST(:now AS timestamptz))
+        VALUES (%(intent_id)s, %(task_id)s, %(purpose)s, %(provider)s, %(model)s, CAST(%(request)s AS jsonb),
+                %(response)s, %(error)s, %(in_tok)s, %(out_tok)s, CAST(%(cost)s AS numeric), %(latency_ms)s,
+                %(attempts)s,
+                CAST(%(now)s AS timestamptz))
     ), per_task AS (
         UPDATE tasks SET
-            input_tokens = input_tokens + :in_tok,
-            output_tokens = output_tokens + :out_tok
-        WHERE intent_id = :intent_id AND id = CAST(:task_id AS varchar)
+            input_tokens = input_tokens + %(in_tok)s,
+            output_tokens = output_tokens + %(out_tok)s
+        WHERE intent_id = %(intent_id)s AND id = CAST(%(task_id)s AS varchar)
     ), s AS (
         UPDATE intents SET
-            event_seq = event_seq + :n_events,
-            input_tokens = input_tokens + :in_tok,
-            output_tokens = output_tokens + :out_tok,
-            cost_usd = cost_usd + COALESCE(CAST(:cost AS numeric), 0),
+            event_seq = event_seq + %(n_events)s,
+            input_tokens = input_tokens + %(in_tok)s,
+            output_tokens = output_tokens + %(out_tok)s,
+            cost_usd = cost_usd + COALESCE(CAST(%(cost)s AS numeric), 0),
             unpriced_calls = unpriced_calls
-                + CASE WHEN CAST(:cost AS numeric) IS NULL THEN 1 ELSE 0 END,
+                + CASE WHEN CAST(%(cost)s AS numeric) IS NULL THEN 1 ELSE 0 END,
             llm_calls = llm_calls + 1
-        WHERE id = :intent_id
+        WHERE id = %(intent_id)s
         RETURNING event_seq, input_tokens, output_tokens, cost_usd, unpriced_calls, llm_calls
     ), ins AS ("""
     + _EVENTS_TAIL
@@ -97,10 +98,10 @@ RECORD_CALL = text(
 )
 
 # Events alone (used inside ordinary transactions, as their last statement).
-APPEND_EVENTS = text(
+APPEND_EVENTS = (
     """
     WITH s AS (
-        UPDATE intents SET event_seq = event_seq + :n_events WHERE id = :intent_id
+        UPDATE intents SET event_seq = event_seq + %(n_events)s WHERE id = %(intent_id)s
         RETURNING event_seq
     ), ins AS ("""
     + _EVENTS_TAIL
