@@ -70,9 +70,9 @@ RECORD_CALL = (
         INSERT INTO llm_calls (intent_id, task_id, purpose, provider, model, request, response,
                                error, input_tokens, output_tokens, cost_usd, latency_ms,
                                attempts, created_at)
-        VALUES (%(intent_id)s, %(task_id)s, %(purpose)s, %(provider)s, %(model)s, CAST(%(request)s AS jsonb),
-                %(response)s, %(error)s, %(in_tok)s, %(out_tok)s, CAST(%(cost)s AS numeric), %(latency_ms)s,
-                %(attempts)s,
+        VALUES (%(intent_id)s, %(task_id)s, %(purpose)s, %(provider)s, %(model)s,
+                CAST(%(request)s AS jsonb), %(response)s, %(error)s, %(in_tok)s, %(out_tok)s,
+                CAST(%(cost)s AS numeric), %(latency_ms)s, %(attempts)s,
                 CAST(%(now)s AS timestamptz))
     ), per_task AS (
         UPDATE tasks SET
