@@ -6,11 +6,13 @@ from __future__ import annotations
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
     ForeignKeyConstraint,
     Identity,
+    Index,
     Integer,
     MetaData,
     Numeric,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -49,6 +52,8 @@ intents = Table(
     Column("llm_calls", Integer, nullable=False, server_default="0"),
     Column("event_seq", BigInteger, nullable=False, server_default="0"),
     Column("embedding", Vector(EMBEDDING_DIMENSIONS), nullable=True),
+    Index("ix_intents_created_at", "created_at"),
+    Index("ix_intents_status", "status"),
 )
 
 tasks = Table(
@@ -118,5 +123,70 @@ events = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Column("payload", JSONB, nullable=False, server_default="{}"),
     PrimaryKeyConstraint("intent_id", "seq"),
+    ForeignKeyConstraint(["intent_id"], ["intents.id"], ondelete="CASCADE"),
+)
+
+validations = Table(
+    "validations",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("intent_id", String(40), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("task_id", String(32), nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("report", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_validations_intent", "intent_id", "round"),
+    ForeignKeyConstraint(["intent_id"], ["intents.id"], ondelete="CASCADE"),
+)
+
+review_rounds = Table(
+    "review_rounds",
+    metadata,
+    Column("intent_id", String(40), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("gates", JSONB, nullable=False),
+    Column("scores", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("intent_id", "round"),
+    ForeignKeyConstraint(["intent_id"], ["intents.id"], ondelete="CASCADE"),
+)
+
+review_decisions = Table(
+    "review_decisions",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("intent_id", String(40), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("decision", String(20), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("tasks", JSONB, nullable=False, server_default="[]"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("intent_id", "round"),
+    ForeignKeyConstraint(
+        ["intent_id", "round"],
+        ["review_rounds.intent_id", "review_rounds.round"],
+        ondelete="CASCADE",
+    ),
+)
+
+capsules = Table(
+    "capsules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("intent_id", String(40), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("parent", String(40), nullable=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("scores", JSONB, nullable=False),
+    Column("decision", JSONB, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("intent_id", "version"),
     ForeignKeyConstraint(["intent_id"], ["intents.id"], ondelete="CASCADE"),
 )
