@@ -26,6 +26,17 @@ FILE_CONFLICT = "file.conflict"
 CONTEXT_TRIMMED = "context.trimmed"
 LLM_USAGE = "llm.usage"
 LLM_RETRY = "llm.retry"
+TASK_VALIDATED = "task.validated"
+TASK_REPAIRING = "task.repairing"
+REPAIR_LOOP = "task.repair_loop"
+VALIDATION_DONE = "intent.validated"
+REVIEW_GATED = "review.gated"
+REVIEW_REQUIRED = "review.required"
+REVIEW_DECIDED = "review.decided"
+INTENT_REVIEWING = "intent.reviewing"
+INTENT_PACKAGING = "intent.packaging"
+INTENT_REJECTED = "intent.rejected"
+CAPSULE_READY = "capsule.ready"
 
 
 @dataclass(frozen=True)

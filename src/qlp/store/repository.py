@@ -56,7 +56,7 @@ class Store:
         self.engine = engine
         # Reads and single-statement writes need no explicit transaction: autocommit saves
         # the BEGIN/COMMIT round trips (see statements.py).
-        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sink = sink or _no_sink
 
     def set_sink(self, sink: EventSink) -> None:
@@ -66,7 +66,7 @@ class Store:
     async def intent_lock(self, intent_id: str) -> AsyncIterator[None]:
         """Hold a session lock on the intent so no second process runs it at the same time."""
         key = int.from_bytes(hashlib.sha256(intent_id.encode()).digest()[:8], "big", signed=True)
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             got = (
                 await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
             ).scalar_one()
@@ -102,7 +102,7 @@ class Store:
             for k, (ty, pl) in enumerate(pending)
         ]
 
-    async def _commit_events(
+    async def commit_events(
         self, conn: AsyncConnection, intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]]
     ) -> list[Event]:
         """Number and insert a transaction's events; the transaction's last statement."""
@@ -116,7 +116,7 @@ class Store:
             raise NotFoundError(f"no intent with id {intent_id}")
         return self._events(intent_id, pending, seq, now)
 
-    async def _publish(self, events: list[Event]) -> None:
+    async def publish(self, events: list[Event]) -> None:
         if events:
             await self._sink(events)
 
@@ -124,12 +124,12 @@ class Store:
         self, intent_id: str, type_: str, payload: dict[str, Any] | None = None
     ) -> Event:
         async with self.engine.begin() as conn:
-            events = await self._commit_events(conn, intent_id, [(type_, payload or {})])
-        await self._publish(events)
+            events = await self.commit_events(conn, intent_id, [(type_, payload or {})])
+        await self.publish(events)
         return events[0]
 
     async def list_events(self, intent_id: str, after_seq: int = 0) -> list[Event]:
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             rows = await conn.execute(
                 select(t.events)
                 .where(t.events.c.intent_id == intent_id, t.events.c.seq > after_seq)
@@ -164,10 +164,10 @@ class Store:
                     updated_at=now,
                 )
             )
-            events = await self._commit_events(
+            events = await self.commit_events(
                 conn, intent_id, [(ev.INTENT_QUEUED, {"text": text})]
             )
-        await self._publish(events)
+        await self.publish(events)
         return await self.get_intent(intent_id)
 
     async def set_intent_status(
@@ -200,14 +200,14 @@ class Store:
                 values["plan"] = plan.model_dump(mode="json")
             await conn.execute(update(t.intents).where(t.intents.c.id == intent_id).values(values))
             body = {"status": status.value, **({"error": error} if error else {})}
-            events = await self._commit_events(
+            events = await self.commit_events(
                 conn, intent_id, [(event_type, {**body, **(payload or {})})]
             )
-        await self._publish(events)
+        await self.publish(events)
         return events[0]
 
     async def get_intent(self, intent_id: str) -> IntentRecord:
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (
                 await conn.execute(select(t.intents).where(t.intents.c.id == intent_id))
             ).one_or_none()
@@ -217,7 +217,7 @@ class Store:
 
     async def find_intent(self, prefix: str) -> IntentRecord:
         """An intent by its full id or an unambiguous prefix (as `git` does for commits)."""
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             rows = (
                 await conn.execute(
                     select(t.intents)
@@ -237,7 +237,7 @@ class Store:
         query = select(t.intents).order_by(t.intents.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(t.intents.c.status == status.value)
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [_intent(r) for r in await conn.execute(query)]
 
     # -- plan and tasks ----------------------------------------------------------------
@@ -292,12 +292,12 @@ class Store:
                 "summary": plan.summary,
                 "status": IntentStatus.EXECUTING.value,
             }
-            events = await self._commit_events(conn, intent_id, [(ev.INTENT_PLANNED, planned)])
-        await self._publish(events)
+            events = await self.commit_events(conn, intent_id, [(ev.INTENT_PLANNED, planned)])
+        await self.publish(events)
         return events[0]
 
     async def get_tasks(self, intent_id: str) -> list[TaskRecord]:
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             rows = await conn.execute(
                 select(t.tasks).where(t.tasks.c.intent_id == intent_id).order_by(t.tasks.c.position)
             )
@@ -375,12 +375,12 @@ class Store:
             "clock": clock,
             "files": json.dumps(list(files)),
         }
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (await conn.exec_driver_sql(st.MOVE_TASKS, params)).one()
             if not row.ok:
                 await self._explain_refused_move(conn, intent_id, task_ids, status)
         events = self._events(intent_id, pending, row.event_seq, now)
-        await self._publish(events)
+        await self.publish(events)
         return events
 
     async def _explain_refused_move(
@@ -433,11 +433,11 @@ class Store:
             "latency_ms": record.latency_s * 1000.0,
             "attempts": response.attempts if response else 1,
         }
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (await conn.exec_driver_sql(st.RECORD_CALL, params)).one_or_none()
         if row is None:
             raise NotFoundError(f"no intent with id {intent_id}")
-        await self._publish(self._events(intent_id, pending, row.event_seq, now))
+        await self.publish(self._events(intent_id, pending, row.event_seq, now))
         return Totals(
             input_tokens=row.input_tokens,
             output_tokens=row.output_tokens,
@@ -447,7 +447,7 @@ class Store:
         )
 
     async def list_llm_calls(self, intent_id: str) -> list[LLMCallRecord]:
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             rows = await conn.execute(
                 select(t.llm_calls)
                 .where(t.llm_calls.c.intent_id == intent_id)
@@ -476,7 +476,7 @@ class Store:
 
     # -- workspace files ---------------------------------------------------------------
     async def get_files(self, intent_id: str) -> dict[str, FileRecord]:
-        async with self._auto.connect() as conn:
+        async with self.autocommit.connect() as conn:
             rows = await conn.execute(
                 select(t.files).where(t.files.c.intent_id == intent_id).order_by(t.files.c.path)
             )
