@@ -1,0 +1,1 @@
+"""One module per tool family; each returns CheckResults (docs/VALIDATION.md)."""

@@ -1,0 +1,1 @@
+"""The labelled security corpus (manifest.json); labels.py reads it and scores a report."""

@@ -1,0 +1,7 @@
+def calculator() -> None:
+    expression = input("expression> ")
+    print(eval(expression))
+
+
+if __name__ == "__main__":
+    calculator()
