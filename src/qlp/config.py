@@ -106,6 +106,58 @@ class Settings(BaseSettings):
 
     # -- sandbox -----------------------------------------------------------------------
     sandbox: SandboxBackend = "bubblewrap"
+    # Interpreters and test tools the sandboxed code may use; default /opt/qlp-runtime when
+    # present, else QLP_HOME/runtime (scripts/setup creates it).
+    sandbox_runtime: Path | None = None
+    sandbox_timeout_s: float = Field(default=120.0, gt=0)
+    sandbox_cpu_s: int = Field(default=120, ge=1)
+    sandbox_memory_mb: int = Field(default=1024, ge=16)
+    sandbox_pids: int = Field(default=256, ge=8)
+    sandbox_file_size_mb: int = Field(default=64, ge=1)
+    sandbox_open_files: int = Field(default=256, ge=16)
+    sandbox_output_bytes: int = Field(default=1024 * 1024, ge=1024)
+    sandbox_cpus: float = Field(default=1.0, gt=0)
+    # The unprivileged identity sandboxed code runs as when QLP itself runs as root.
+    sandbox_uid: int = Field(default=65534, ge=1)
+    sandbox_gid: int = Field(default=65534, ge=1)
+    sandbox_cgroups: Literal["auto", "off"] = "auto"
+    sandbox_docker_host: str | None = None
+    sandbox_docker_images: dict[str, str] = Field(
+        default_factory=lambda: {"python": "qlp-sandbox-python:local"}
+    )
+    sandbox_gvisor_platform: str | None = None
+
+    # -- capsule -----------------------------------------------------------------------
+    # Where built capsules are kept: a folder under QLP_HOME, or an Azure Blob container.
+    storage: Literal["local", "azure"] = "local"
+    # Azure container URL, e.g. https://ACCOUNT.blob.core.windows.net/capsules
+    storage_url: str | None = None
+    # Azure credentials; without it DefaultAzureCredential is used.
+    storage_connection_string: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "QLP_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING"
+        ),
+    )
+    # ed25519 signing key (base64 of the raw 32-byte seed, or PEM); without it QLP creates
+    # QLP_HOME/keys/capsule-ed25519.key on first use.
+    signing_key: SecretStr | None = None
+
+    # -- validation --------------------------------------------------------------------
+    # Checks run in the sandbox (docs/VALIDATION.md). Timeouts are per command.
+    validation_timeout_s: float = Field(default=180.0, gt=0)
+    validation_test_timeout_s: float = Field(default=300.0, gt=0)
+    validation_memory_mb: int = Field(default=2048, ge=64)
+    validation_concurrency: int = Field(default=2, ge=1, le=64)
+    validation_coverage: bool = True
+    # Comma-separated check names whose "not run" (or error) blocks the gate; "all" or "".
+    required_checks: str = (
+        "python.compile,python.ruff,python.bandit,python.pytest,javascript.check,"
+        "javascript.test,shell.syntax,shell.shellcheck,data.json,data.yaml,data.toml,"
+        "terraform.parse,terraform.checkov,dockerfile.checkov,semgrep"
+    )
+    # Comma-separated files every project must have, non-empty.
+    required_docs: str = "README.md"
 
     # -- logging -----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "warning"

@@ -14,7 +14,10 @@ from rich.live import Live
 
 from qlp import __version__
 from qlp.cli import render
+from qlp.cli.capsule import app as capsule_app
+from qlp.cli.capsule import keys_app
 from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
+from qlp.cli.sandbox import app as sandbox_app
 from qlp.config import Settings
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus
@@ -44,6 +47,9 @@ intents_app = typer.Typer(help="Inspect intents.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(intents_app, name="intents")
 app.add_typer(db_app, name="db")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(capsule_app, name="capsule")
+app.add_typer(keys_app, name="keys")
 
 LlmOption = Annotated[
     str | None,
@@ -290,17 +296,6 @@ def version(as_json: JsonOption = False) -> None:
         print_json(info)
     else:
         console.print(f"qlp {__version__} (Python {info['python']})", highlight=False)
-
-
-def _mount_optional_apps() -> None:
-    try:
-        from qlp.cli.sandbox import app as sandbox_app
-    except ImportError:  # the sandbox face is not built yet
-        return
-    app.add_typer(sandbox_app, name="sandbox")
-
-
-_mount_optional_apps()
 
 
 def main() -> None:

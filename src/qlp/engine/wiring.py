@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlp.agents.agent import AgentSettings
-from qlp.config import Settings
+from qlp.config import SandboxBackend, Settings
 from qlp.domain.artifacts import FileLimits
+from qlp.domain.events import Event
 from qlp.engine.events import EventBus
 from qlp.engine.pipeline import EngineConfig, Pipeline
 from qlp.errors import ConfigError
@@ -19,13 +20,72 @@ from qlp.llm.base import LLMClient
 from qlp.llm.openai_compat import OpenAICompatClient
 from qlp.llm.retry import RetryPolicy
 from qlp.llm.scripted import Script, ScriptedClient
+from qlp.logs import configure as configure_logging
+from qlp.logs import log_events
 from qlp.planning.planner import PlannerLimits
+from qlp.sandbox.base import Limits, Sandbox
+from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
+from qlp.sandbox.docker_backend import DockerConfig, DockerSandbox
+from qlp.sandbox.gvisor import GvisorConfig, GvisorSandbox
+from qlp.sandbox.runtime import resolve_runtime, runtime_path
 from qlp.store.db import connect
 from qlp.store.embedded import EmbeddedPostgres
 from qlp.store.repository import Store
 
 # --- sandbox ------------------------------------------------------------------------------
-# (sandbox selection lives in this section)
+
+
+def sandbox_limits(settings: Settings) -> Limits:
+    return Limits(
+        timeout_s=settings.sandbox_timeout_s,
+        cpu_s=settings.sandbox_cpu_s,
+        memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
+        pids=settings.sandbox_pids,
+        file_size_bytes=settings.sandbox_file_size_mb * 1024 * 1024,
+        open_files=settings.sandbox_open_files,
+        output_bytes=settings.sandbox_output_bytes,
+        cpus=settings.sandbox_cpus,
+    )
+
+
+def make_sandbox(settings: Settings, backend: SandboxBackend | None = None) -> Sandbox:
+    """The configured (or named) backend, not yet checked: call `.check()` at start-up, which
+    raises SandboxError saying what to install. There is no unsandboxed fallback."""
+    name = backend or settings.sandbox
+    limits = sandbox_limits(settings)
+    runtime = resolve_runtime(settings.sandbox_runtime, settings.home)
+    if name == "bubblewrap":
+        return BubblewrapSandbox(
+            BubblewrapConfig(
+                runtime=runtime,
+                default_limits=limits,
+                uid=settings.sandbox_uid,
+                gid=settings.sandbox_gid,
+                cgroups=settings.sandbox_cgroups,
+            )
+        )
+    if name == "docker":
+        return DockerSandbox(
+            DockerConfig(
+                base_url=settings.sandbox_docker_host,
+                images=dict(settings.sandbox_docker_images),
+                default_limits=limits,
+                uid=settings.sandbox_uid,
+                gid=settings.sandbox_gid,
+                path=runtime_path(runtime),
+            )
+        )
+    if name == "gvisor":
+        return GvisorSandbox(
+            GvisorConfig(
+                runtime=runtime,
+                default_limits=limits,
+                uid=settings.sandbox_uid,
+                gid=settings.sandbox_gid,
+                platform=settings.sandbox_gvisor_platform,
+            )
+        )
+    raise ConfigError(f"QLP_SANDBOX: unknown backend {name!r}; use bubblewrap, docker or gvisor")
 
 
 # --- llm ----------------------------------------------------------------------------------
@@ -166,15 +226,23 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
     """Connect to (or start) PostgreSQL, migrate, and yield a Runtime; close all on exit."""
+    configure_logging(settings.log_level, settings.log_format)
     embedded: EmbeddedPostgres | None = None
     url = settings.database_url
     if url is None:
         embedded = EmbeddedPostgres(settings.home / "postgres" / "data")
         url = await asyncio.to_thread(embedded.acquire)
     try:
-        engine = await connect(url, migrate=migrate)
+        # Every running task may hold a connection at once; overflow connections are
+        # closed on return, so a pool smaller than that would reconnect every wave.
+        engine = await connect(url, migrate=migrate, pool_size=settings.max_parallel_tasks + 4)
         bus = EventBus()
-        runtime = Runtime(settings=settings, store=Store(engine, bus.publish), bus=bus)
+
+        async def sink(events: list[Event]) -> None:
+            log_events(events)
+            await bus.publish(events)
+
+        runtime = Runtime(settings=settings, store=Store(engine, sink), bus=bus)
         try:
             yield runtime
         finally:

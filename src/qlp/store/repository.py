@@ -164,9 +164,7 @@ class Store:
                     updated_at=now,
                 )
             )
-            events = await self.commit_events(
-                conn, intent_id, [(ev.INTENT_QUEUED, {"text": text})]
-            )
+            events = await self.commit_events(conn, intent_id, [(ev.INTENT_QUEUED, {"text": text})])
         await self.publish(events)
         return await self.get_intent(intent_id)
 
