@@ -72,6 +72,7 @@ def make_settings(home: Path, db_url: str, server: FakeLLMServer, **overrides: A
         "llm_retry_base_s": 0.01,
         "llm_retry_max_s": 2.0,
         "llm_timeout_s": 10.0,
+        "validation_enabled": False,
     }
     if overrides.get("llm_provider") == "anthropic":
         values.update(anthropic_api_key="test-key", llm_base_url=server.anthropic_base_url)

@@ -159,6 +159,13 @@ class Settings(BaseSettings):
     # Comma-separated files every project must have, non-empty.
     required_docs: str = "README.md"
 
+    # -- review ------------------------------------------------------------------------
+    # false: agents only, no validation, review or capsule (engine benchmarks and tests).
+    validation_enabled: bool = Field(default=True, validation_alias=AliasChoices("QLP_VALIDATE"))
+    max_repairs: int = Field(default=2, ge=0, le=10)
+    review_policy: Literal["auto", "always", "never_auto"] = "auto"
+    approve_threshold: int = Field(default=80, ge=0, le=100)
+
     # -- logging -----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_format: Literal["console", "json"] = "console"

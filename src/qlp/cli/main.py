@@ -17,7 +17,15 @@ from qlp.cli import render
 from qlp.cli.capsule import app as capsule_app
 from qlp.cli.capsule import keys_app
 from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
+from qlp.cli.review import app as review_app
 from qlp.cli.sandbox import app as sandbox_app
+from qlp.cli.views import (
+    EXIT_CANCELLED,
+    EXIT_OK,
+    exit_code,
+    intent_document,
+    print_intent,
+)
 from qlp.config import Settings
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus
@@ -26,14 +34,11 @@ from qlp.errors import UserInputError
 from qlp.store.base import IntentRecord
 from qlp.store.db import schema_revision
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
-
 RUN_HELP = """Plan and build an intent, showing live progress.
 
-Exit codes: 0 the intent completed; 1 it failed (see the error line);
-2 bad input or configuration; 130 cancelled with Ctrl-C (continue with `qlp resume ID`).
+Exit codes: 0 the intent completed (approved and packaged); 1 it failed (see the error
+line); 2 bad input or configuration; 3 it is waiting for review (decide with `qlp review`);
+130 cancelled with Ctrl-C (continue with `qlp resume ID`).
 """
 
 app = typer.Typer(
@@ -50,6 +55,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(keys_app, name="keys")
+app.add_typer(review_app, name="review")
 
 LlmOption = Annotated[
     str | None,
@@ -120,21 +126,23 @@ async def _drive(
         rt.bus.unsubscribe(queue)
 
     final = await rt.store.get_intent(intent.id)
-    tasks = await rt.store.get_tasks(intent.id)
-    files = await rt.store.get_files(intent.id)
     if as_json:
-        print_json(render.intent_json(final, tasks, files))
+        print_json(await intent_document(rt, final))
     else:
         if interactive:
-            console.print(render.tasks_table(tasks))
-        console.print(render.summary(final, tasks, files))
+            console.print(render.tasks_table(await rt.store.get_tasks(intent.id)))
+        await print_intent(rt, final)
         if cancelled or final.status == IntentStatus.CANCELLED:
             err_console.print(f"cancelled; continue with: qlp resume {final.id}")
         elif final.status == IntentStatus.FAILED:
             err_console.print(f"failed; after fixing the cause, retry with: qlp resume {final.id}")
-    if cancelled or final.status == IntentStatus.CANCELLED:
-        return EXIT_CANCELLED
-    return EXIT_OK if final.status == IntentStatus.COMPLETED else EXIT_FAILED
+        elif final.status == IntentStatus.REVIEWING:
+            err_console.print(
+                f"waiting for review; see `qlp review show {final.id}`, then "
+                f"`qlp review approve {final.id}`, `qlp review reject {final.id} --reason ...` "
+                f"or `qlp review changes {final.id} --feedback ...`"
+            )
+    return exit_code(final.status, cancelled)
 
 
 def _with_runtime(cfg: Settings, fn: Callable[[Runtime], Awaitable[int]]) -> int:
@@ -254,12 +262,12 @@ def intents_show(
         files = await rt.store.get_files(record.id)
         evs = await rt.store.list_events(record.id) if events else []
         if as_json:
-            data = render.intent_json(record, tasks, files)
+            data = await intent_document(rt, record)
             if events:
                 data["events"] = [e.as_dict() for e in evs]
             print_json(data)
             return EXIT_OK
-        console.print(render.summary(record, tasks, files))
+        await print_intent(rt, record)
         console.print(f"\n[bold]intent[/]\n{record.text}\n", highlight=False)
         if tasks:
             console.print(render.tasks_table(tasks))

@@ -13,6 +13,7 @@ from rich.text import Text
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.store.base import FileRecord, IntentRecord, TaskRecord
+from qlp.store.reviews import CapsuleRecord, ReviewRound
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -218,4 +219,76 @@ def describe(event: Event) -> str:
         extra = f": {p.get('path')} kept from {p.get('kept')}, {p.get('discarded')} discarded"
     elif event.type == "llm.usage":
         extra = f": {p.get('input_tokens', 0)}+{p.get('output_tokens', 0)} tokens"
+    elif event.type == "task.validated":
+        tests = p.get("tests") or {}
+        extra = (
+            f" (attempt {p.get('attempt')}): {'ok' if p.get('ok') else 'failures'}; "
+            f"tests {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed; "
+            f"{p.get('high_findings', 0)} high findings; overall "
+            f"{_score((p.get('scores') or {}).get('overall'))}"
+        )
+    elif event.type in ("task.repairing", "task.repair_loop"):
+        extra = f" (attempt {p.get('attempt')}): {p.get('detail') or 'fixing failures'}"
+    elif event.type == "review.gated":
+        failed = [g["name"] for g in p.get("gates", []) if not g.get("passed")]
+        extra = f" round {p.get('round')}: " + (
+            "all gates pass" if not failed else "failing: " + ", ".join(failed)
+        )
+    elif event.type == "review.decided":
+        extra = f" round {p.get('round')}: {p.get('decision')} by {p.get('by')}"
+    elif event.type == "capsule.ready":
+        extra = f": {p.get('capsule_id')} v{p.get('version')}"
     return f"[{event.seq:>4}] {event.type}{task}{extra}"
+
+
+def _score(value: object) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def quality(rounds: list[ReviewRound], capsules: list[CapsuleRecord]) -> RenderableType:
+    """Scores, gates, decision and capsule of the latest review round."""
+    if not rounds:
+        return Text("")
+    last = rounds[-1]
+    scores = "  ".join(f"{k} {_score(v)}" for k, v in sorted(last.scores.items()))
+    gates = Text("gates     ")
+    for g in last.gates:
+        gates.append(f"{g['name']} ", style="green" if g["passed"] else "red")
+    lines = [Text(f"scores    {scores}"), gates]
+    for g in last.gates:
+        if not g["passed"]:
+            lines.append(Text(f"          {g['name']}: {g['detail']}", style="red"))
+    if last.decision is not None:
+        d = last.decision
+        why = f" ({d.reason})" if d.reason else ""
+        lines.append(Text(f"decision  round {last.round}: {d.decision} by {d.actor}{why}"))
+    if capsules:
+        c = max(capsules, key=lambda c: c.version)
+        lines.append(Text(f"capsule   {c.id} v{c.version}  {c.uri}"))
+    return Group(*lines)
+
+
+def quality_json(rounds: list[ReviewRound], capsules: list[CapsuleRecord]) -> dict[str, Any]:
+    last = rounds[-1] if rounds else None
+    return {
+        "review": None
+        if last is None
+        else {
+            "round": last.round,
+            "verdict": last.verdict,
+            "gates": last.gates,
+            "scores": last.scores,
+            "decision": last.decision.as_dict() if last.decision else None,
+        },
+        "capsules": [
+            {
+                "id": c.id,
+                "version": c.version,
+                "parent": c.parent,
+                "sha256": c.sha256,
+                "size": c.size,
+                "uri": c.uri,
+            }
+            for c in sorted(capsules, key=lambda c: c.version)
+        ],
+    }

@@ -8,6 +8,7 @@ without re-running tasks that already succeeded.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,18 @@ from typing import Any
 from qlp.agents.agent import AgentSettings, run_agent
 from qlp.agents.context import ContextFile, select_context
 from qlp.domain import events as ev
+from qlp.domain.artifacts import FileOut
 from qlp.domain.ids import new_intent_id
 from qlp.domain.plan import Plan, topological_order, transitive_dependencies
 from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.engine.quality import Quality, rerun_set
 from qlp.engine.scheduler import DagOutcome, DagScheduler
 from qlp.engine.workspace import Workspace
 from qlp.errors import BudgetExceededError, QLPError, UserInputError
 from qlp.llm.base import CallRecord, LLMClient
 from qlp.llm.recording import RecordingClient
 from qlp.planning.planner import PlannerLimits, make_plan
+from qlp.review.gate import Gate, may_approve
 from qlp.store.base import FileRecord, IntentRecord
 from qlp.store.repository import Store
 
@@ -42,10 +46,18 @@ class EngineConfig:
 
 
 class Pipeline:
-    def __init__(self, store: Store, llm: LLMClient, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        llm: LLMClient,
+        config: EngineConfig,
+        quality: Quality | None = None,
+    ) -> None:
         self.store = store
         self.llm = llm
         self.config = config
+        # Validation, review and packaging; None runs the agents only (engine benchmarks).
+        self.quality = quality
         # Tokens spent so far per running intent, kept current by every recorded call.
         self._spent: dict[str, int] = {}
 
@@ -73,6 +85,11 @@ class Pipeline:
             intent = await self.store.get_intent(intent_id)
             if intent.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
                 raise UserInputError(f"intent {intent_id} is already {intent.status.value}")
+            if intent.status == IntentStatus.REVIEWING:
+                raise UserInputError(
+                    f"intent {intent_id} is waiting for review; decide with "
+                    f"`qlp review approve|reject|changes {intent_id}`"
+                )
             try:
                 if intent.status in (IntentStatus.FAILED, IntentStatus.CANCELLED):
                     await self.store.append_event(
@@ -82,13 +99,103 @@ class Pipeline:
                 plan = await self._ensure_plan(intent)
                 if plan is not None:
                     outcome = await self._execute(intent, plan)
-                    await self._finish(intent_id, outcome)
+                    await self._finish(intent, outcome)
             except asyncio.CancelledError:
                 await asyncio.shield(self._cancel(intent_id))
                 raise
             finally:
                 self._spent.pop(intent_id, None)
             return await self.store.get_intent(intent_id)
+
+    async def decide(
+        self,
+        intent_id: str,
+        decision: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        tasks: Sequence[str] = (),
+    ) -> IntentRecord:
+        """A person's decision on an intent waiting for review (approve, reject or
+        request_changes). Changes re-run the named tasks (all when none are named) and
+        their dependents with the feedback in their prompt, then the gate runs again."""
+        quality = self.quality
+        if quality is None:
+            raise UserInputError("review needs validation, which is off (QLP_VALIDATE=false)")
+        async with self.store.intent_lock(intent_id):
+            intent = await self.store.get_intent(intent_id)
+            if intent.status != IntentStatus.REVIEWING:
+                raise UserInputError(
+                    f"intent {intent_id} is {intent.status.value}, not waiting for review"
+                )
+            current = await quality.reviews.current_round(intent_id)
+            if decision == "approve":
+                blocked = may_approve(
+                    [Gate(g["name"], bool(g["passed"]), str(g["detail"])) for g in current.gates],
+                    quality.config.policy,
+                )
+                if blocked:
+                    raise UserInputError(f"cannot approve: {blocked}")
+                made = await quality.reviews.decide(
+                    intent_id,
+                    current.round,
+                    decision="approve",
+                    actor=actor,
+                    reason=reason,
+                    tasks=[],
+                )
+                await quality.package(intent, await quality.latest_report(intent_id), made)
+                return await self.store.get_intent(intent_id)
+            if not (reason or "").strip():
+                what = "a reason" if decision == "reject" else "feedback"
+                raise UserInputError(f"{decision} needs {what} (--reason/--feedback TEXT)")
+            if decision == "reject":
+                await quality.reviews.decide(
+                    intent_id,
+                    current.round,
+                    decision="reject",
+                    actor=actor,
+                    reason=reason,
+                    tasks=[],
+                )
+                await self.store.set_intent_status(
+                    intent_id, IntentStatus.REJECTED, event_type=ev.INTENT_REJECTED, error=reason
+                )
+                return await self.store.get_intent(intent_id)
+            if decision != "request_changes":
+                raise UserInputError(f"unknown decision {decision!r}")
+            records = await self.store.get_tasks(intent_id)
+            known = {t.id for t in records}
+            unknown = sorted(set(tasks) - known)
+            if unknown:
+                raise UserInputError(
+                    f"intent {intent_id} has no task {', '.join(unknown)} "
+                    f"(its tasks: {', '.join(sorted(known))})"
+                )
+            made = await quality.reviews.decide(
+                intent_id,
+                current.round,
+                decision="request_changes",
+                actor=actor,
+                reason=reason,
+                tasks=sorted(tasks),
+            )
+            # This round's project is kept as a capsule version of its own (the parent of
+            # the next one).
+            await quality.package(intent, await quality.latest_report(intent_id), made, final=False)
+            deps = {t.id: t.dependencies for t in records}
+            again = rerun_set(deps, list(tasks) or sorted(known))
+            await self.store.set_tasks_status(
+                intent_id,
+                again,
+                TaskStatus.PENDING,
+                event_type="task.requeued",
+                payload={"reason": "changes requested"},
+            )
+            await self.store.set_intent_status(
+                intent_id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
+            )
+        return await self.run(intent_id)
 
     # -- steps ---------------------------------------------------------------------------
     async def _ensure_plan(self, intent: IntentRecord) -> Plan | None:
@@ -136,6 +243,8 @@ class Pipeline:
                 intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
             )
         run = _IntentRun(self, intent, plan, await self.store.get_files(intent.id))
+        if self.quality is not None:
+            run.feedback = await self.quality.pending_feedback(intent.id, plan)
         scheduler = DagScheduler(
             {t.id: t.dependencies for t in tasks},
             [t.id for t in tasks],
@@ -145,7 +254,11 @@ class Pipeline:
         )
         return await scheduler.run(done)
 
-    async def _finish(self, intent_id: str, outcome: DagOutcome) -> None:
+    async def _finish(self, intent: IntentRecord, outcome: DagOutcome) -> None:
+        intent_id = intent.id
+        if not outcome.failed and not outcome.skipped and self.quality is not None:
+            await self.quality.after_tasks(intent)
+            return
         if not outcome.failed and not outcome.skipped:
             await self.store.set_intent_status(
                 intent_id,
@@ -208,6 +321,8 @@ class _IntentRun:
         # Which task wrote each path, loaded once and kept current (this run is the only
         # writer: the intent lock keeps other processes out).
         self.owners = {path: f.task_id for path, f in files.items()}
+        # Review feedback for the tasks a person asked to change (empty on a first run).
+        self.feedback: dict[str, str] = {}
 
     async def _context(self, task_id: str) -> list[ContextFile]:
         wanted = set(transitive_dependencies(self.deps, task_id))
@@ -245,38 +360,73 @@ class _IntentRun:
                 {"task_id": task_id, "attempt": attempt, "problem": problem},
             )
 
+        client = self.p._client(intent_id, task_id)
+        task = self.plan.task(task_id)
         result = await run_agent(
-            self.p._client(intent_id, task_id),
+            client,
             self.p.config.agent,
             self.intent.text,
             self.plan,
-            self.plan.task(task_id),
+            task,
             context,
+            feedback=self.feedback.get(task_id, ""),
             on_reject=rejected,
         )
-        async with self._write_lock:
-            written: list[tuple[str, str, int]] = []
-            conflicts: list[dict[str, Any]] = []
-            for f in result.files:
-                prior = self.owners.get(f.path)
-                if prior is not None and prior != task_id:
-                    # The later task in dependency order wins, whatever finished first.
-                    later = self.position[prior] > self.position[task_id]
-                    conflicts.append(
-                        {
-                            "path": f.path,
-                            "kept": prior if later else task_id,
-                            "discarded": task_id if later else prior,
-                        }
-                    )
-                    if later:
-                        continue
-                w = await asyncio.to_thread(self.workspace.write, f.path, f.content)
-                written.append((w.path, w.sha256, w.size))
-            await self.store.record_task_output(
-                intent_id, task_id, written, conflicts, result.notes
+        written: dict[str, tuple[str, int]] = {}
+        conflicts: list[dict[str, Any]] = []
+        notes = [result.notes]
+
+        async def write(files: list[FileOut]) -> list[str]:
+            async with self._write_lock:
+                paths = []
+                for f in files:
+                    prior = self.owners.get(f.path)
+                    if prior is not None and prior != task_id:
+                        # The later task in dependency order wins, whatever finished first.
+                        later = self.position[prior] > self.position[task_id]
+                        conflicts.append(
+                            {
+                                "path": f.path,
+                                "kept": prior if later else task_id,
+                                "discarded": task_id if later else prior,
+                            }
+                        )
+                        if later:
+                            continue
+                    w = await asyncio.to_thread(self.workspace.write, f.path, f.content)
+                    written[w.path] = (w.sha256, w.size)
+                    self.owners[w.path] = task_id
+                    paths.append(w.path)
+                return paths
+
+        paths = await write(result.files)
+        quality = self.p.quality
+        if quality is not None:
+
+            async def repair(brief: str) -> list[str]:
+                fixed = await run_agent(
+                    client,
+                    self.p.config.agent,
+                    self.intent.text,
+                    self.plan,
+                    task,
+                    context,
+                    feedback=brief,
+                    on_reject=rejected,
+                )
+                notes.append(fixed.notes)
+                return await write(fixed.files)
+
+            await quality.check_task(
+                intent_id, task_id, Path(self.intent.workspace), paths, repair, self._write_lock
             )
-            self.owners.update((path, task_id) for path, _, _ in written)
+        await self.store.record_task_output(
+            intent_id,
+            task_id,
+            [(p, sha, size) for p, (sha, size) in sorted(written.items())],
+            conflicts,
+            "\n".join(n for n in notes if n),
+        )
 
     async def failed(self, task_id: str, reason: str) -> None:
         await self.store.set_task_status(

@@ -8,12 +8,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from qlp.agents.agent import AgentSettings
+from qlp.capsule.azure_store import AzureCapsuleStore
+from qlp.capsule.base import CapsuleStore
+from qlp.capsule.keys import load_or_create_signing_key
+from qlp.capsule.local_store import LocalCapsuleStore
 from qlp.config import SandboxBackend, Settings
 from qlp.domain.artifacts import FileLimits
 from qlp.domain.events import Event
 from qlp.engine.events import EventBus
 from qlp.engine.pipeline import EngineConfig, Pipeline
+from qlp.engine.quality import Quality, QualityConfig
 from qlp.errors import ConfigError
 from qlp.llm.anthropic_provider import AnthropicClient
 from qlp.llm.base import LLMClient
@@ -23,6 +30,7 @@ from qlp.llm.scripted import Script, ScriptedClient
 from qlp.logs import configure as configure_logging
 from qlp.logs import log_events
 from qlp.planning.planner import PlannerLimits
+from qlp.review.gate import Policy
 from qlp.sandbox.base import Limits, Sandbox
 from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
 from qlp.sandbox.docker_backend import DockerConfig, DockerSandbox
@@ -31,6 +39,7 @@ from qlp.sandbox.runtime import resolve_runtime, runtime_path
 from qlp.store.db import connect
 from qlp.store.embedded import EmbeddedPostgres
 from qlp.store.repository import Store
+from qlp.validation import ValidationConfig
 
 # --- sandbox ------------------------------------------------------------------------------
 
@@ -220,7 +229,49 @@ class Runtime:
         return self._llm
 
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.store, self.llm(), engine_config(self.settings))
+        quality = (
+            make_quality(self.settings, self.store) if self.settings.validation_enabled else None
+        )
+        return Pipeline(self.store, self.llm(), engine_config(self.settings), quality)
+
+
+# --- validation, review, capsules -----------------------------------------------------------
+def make_capsule_store(settings: Settings) -> CapsuleStore:
+    if settings.storage == "azure":
+        if not settings.storage_url:
+            raise ConfigError(
+                "QLP_STORAGE_URL: name the Azure Blob container for QLP_STORAGE=azure"
+            )
+        secret = settings.storage_connection_string
+        return AzureCapsuleStore.from_settings_values(
+            settings.storage_url, secret.get_secret_value() if secret else None
+        )
+    return LocalCapsuleStore(settings.home / "capsules")
+
+
+def signing_key(settings: Settings) -> Ed25519PrivateKey:
+    secret = settings.signing_key
+    return load_or_create_signing_key(settings.home, secret.get_secret_value() if secret else None)
+
+
+def make_quality(settings: Settings, store: Store) -> Quality:
+    """Validation needs a working sandbox: an unavailable backend stops here, saying what to
+    install (there is no unsandboxed fallback)."""
+    sandbox = make_sandbox(settings)
+    sandbox.check()
+    return Quality(
+        store,
+        QualityConfig(
+            sandbox=sandbox,
+            validation=ValidationConfig.from_settings(settings),
+            max_repairs=settings.max_repairs,
+            policy=Policy(settings.review_policy),
+            threshold=settings.approve_threshold,
+            capsule_store=make_capsule_store(settings),
+            signing_key=signing_key(settings),
+            capsules_tmp=settings.home / "tmp",
+        ),
+    )
 
 
 @asynccontextmanager
