@@ -194,7 +194,7 @@ def _decide(
 ) -> int:
     async def go(rt: Runtime) -> int:
         intent = await rt.store.find_intent(intent_id)
-        pipeline = rt.pipeline()
+        pipeline = rt.pipeline(need_llm=decision == "request_changes")
         final = await pipeline.decide(
             intent.id, decision, actor=by or getpass.getuser(), reason=reason, tasks=tasks
         )

@@ -23,7 +23,7 @@ from qlp.engine.pipeline import EngineConfig, Pipeline
 from qlp.engine.quality import Quality, QualityConfig
 from qlp.errors import ConfigError
 from qlp.llm.anthropic_provider import AnthropicClient
-from qlp.llm.base import LLMClient
+from qlp.llm.base import LLMClient, LLMRequest, LLMResponse
 from qlp.llm.openai_compat import OpenAICompatClient
 from qlp.llm.retry import RetryPolicy
 from qlp.llm.scripted import Script, ScriptedClient
@@ -101,7 +101,7 @@ def make_sandbox(settings: Settings, backend: SandboxBackend | None = None) -> S
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-6"}
 _NO_LLM = (
     "no LLM is configured: set QLP_LLM_PROVIDER (openai, azure, anthropic or scripted) and "
-    "its key, or pass --llm (e.g. --llm scripted:examples/todo-api/script.json)"
+    "its key, or pass --llm (e.g. --llm scripted:examples/todo-cli/script.json)"
 )
 
 
@@ -228,11 +228,27 @@ class Runtime:
             self._llm = make_llm(self.settings)
         return self._llm
 
-    def pipeline(self) -> Pipeline:
+    def pipeline(self, *, need_llm: bool = True) -> Pipeline:
+        """`need_llm=False` (review decisions that re-run nothing): a missing model setting
+        only matters if a model is actually called."""
         quality = (
             make_quality(self.settings, self.store) if self.settings.validation_enabled else None
         )
-        return Pipeline(self.store, self.llm(), engine_config(self.settings), quality)
+        llm = self.llm() if need_llm or self.settings.llm_provider else _Unconfigured()
+        return Pipeline(self.store, llm, engine_config(self.settings), quality)
+
+
+class _Unconfigured:
+    """Stands where no model is configured; any call says which settings are missing."""
+
+    provider = "none"
+    model = "none"
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        raise ConfigError(_NO_LLM)
+
+    async def aclose(self) -> None:
+        return None
 
 
 # --- validation, review, capsules -----------------------------------------------------------

@@ -1,0 +1,178 @@
+"""Validation, repair, gate, review and packaging through the real pipeline: scripted model
+on 127.0.0.1, real sandbox (bubblewrap), real tools, real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qlp.capsule.verify import verify_capsule
+from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.engine.wiring import open_runtime
+from qlp.store.reviews import ReviewStore
+from tests.support import (
+    PLAN_WHEN,
+    files_answer,
+    plan_answer,
+    plan_task,
+    run_intent,
+    scenario,
+    task_when,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FEEDBACK = "Feedback to address"
+GOOD_CODE = "def add(a: int, b: int) -> int:\n    return a + b\n"
+TEST_CODE = "from calc import add\n\n\ndef test_add() -> None:\n    assert add(2, 3) == 5\n"
+README = "# calc\n\nAdds numbers.\n\n```sh\npython -m pytest\n```\n"
+PLAN = plan_answer(
+    [
+        plan_task("QL-DEV-001"),
+        plan_task("QL-TST-001", ["QL-DEV-001"]),
+        plan_task("QL-DOC-001", ["QL-DEV-001"]),
+    ]
+)
+
+
+def _script(dev: list[str], tst: list[str] | None = None) -> list[dict[str, str]]:
+    """dev[0] answers the task; dev[1:] answer its repair prompts (same for tst)."""
+    out = [{"when": PLAN_WHEN, "content": PLAN}]
+    out.append({"when": task_when("QL-DEV-001"), "content": dev[0]})
+    # Repair prompts are the task's prompt plus the failures: same marker, next answer.
+    out += [{"when": task_when("QL-DEV-001"), "content": d} for d in dev[1:]]
+    tests = tst or [files_answer({"test_calc.py": TEST_CODE})]
+    out.append({"when": task_when("QL-TST-001"), "content": tests[0]})
+    out += [{"when": task_when("QL-TST-001"), "content": t} for t in tests[1:]]
+    out.append({"when": task_when("QL-DOC-001"), "content": files_answer({"README.md": README})})
+    return out
+
+
+def _on(**extra: object) -> dict[str, object]:
+    return {"validation_enabled": True, "max_parallel_tasks": 1, **extra}
+
+
+async def _attempts(rt: object, intent_id: str, task_id: str) -> list[bool]:
+    reviews = ReviewStore(rt.store)  # type: ignore[attr-defined]
+    return [v.ok for v in await reviews.validations(intent_id) if v.task_id == task_id]
+
+
+async def test_syntax_error_fixed_on_repair(qlp_home: Path, db_url: str) -> None:
+    broken = files_answer({"calc.py": "def add(a, b)\n    return a + b\n"})
+    fixed = files_answer({"calc.py": GOOD_CODE})
+    async with scenario(qlp_home, db_url, _script([broken, fixed]), **_on()) as (rt, server):
+        out = await run_intent(rt)
+        attempts = await _attempts(rt, out.intent.id, "QL-DEV-001")
+        capsules = await ReviewStore(rt.store).capsules(out.intent.id)
+    assert attempts == [False, True]
+    repair_prompt = next(r for r in server.requests if FEEDBACK in r.last_user_message)
+    assert "calc.py" in repair_prompt.last_user_message
+    assert out.intent.status == IntentStatus.COMPLETED, out.intent.error
+    assert len(capsules) == 1
+    report = verify_capsule(Path(capsules[0].uri.removeprefix("file://")))
+    assert report.ok, report.problems
+
+
+async def test_failing_test_fixed_on_repair(qlp_home: Path, db_url: str) -> None:
+    wrong = files_answer({"calc.py": "def add(a: int, b: int) -> int:\n    return a - b\n"})
+    # The code is wrong; the test task's run exposes it, and the repair of the test task
+    # (the only task that sees the failure) rewrites calc.py correctly.
+    tst_fix = files_answer({"test_calc.py": TEST_CODE, "calc.py": GOOD_CODE})
+    script = _script([wrong], [files_answer({"test_calc.py": TEST_CODE}), tst_fix])
+    async with scenario(qlp_home, db_url, script, **_on()) as (rt, server):
+        out = await run_intent(rt)
+        attempts = await _attempts(rt, out.intent.id, "QL-TST-001")
+    assert attempts == [False, True]
+    repair = next(r for r in server.requests if FEEDBACK in r.last_user_message)
+    assert "test_add" in repair.last_user_message
+    assert out.intent.status == IntentStatus.COMPLETED, out.intent.error
+    assert (Path(out.intent.workspace) / "calc.py").read_text() == GOOD_CODE
+
+
+async def test_same_failure_twice_stops_the_repair_loop(qlp_home: Path, db_url: str) -> None:
+    broken = files_answer({"calc.py": "def add(a, b)\n    return a + b\n"})
+    test = files_answer({"test_calc.py": TEST_CODE})
+    script = _script([broken, broken, broken], [test, test, test])
+    async with scenario(qlp_home, db_url, script, **_on(max_repairs=2)) as (rt, _):
+        out = await run_intent(rt)
+        attempts = await _attempts(rt, out.intent.id, "QL-DEV-001")
+    assert attempts == [False, False]  # stopped after one repair, not two
+    assert any(e.type == "task.repair_loop" for e in out.events)
+    assert out.intent.status == IntentStatus.REVIEWING
+    gated = [e for e in out.events if e.type == "review.gated"][-1]
+    failed = {g["name"] for g in gated.payload["gates"] if not g["passed"]}
+    assert "syntax" in failed
+
+
+async def test_insecure_example_is_stopped_by_the_gate(qlp_home: Path, db_url: str) -> None:
+    script = json.loads((ROOT / "examples/insecure-notes/script.json").read_text())
+    async with scenario(qlp_home, db_url, script["responses"], **_on()) as (rt, _):
+        out = await run_intent(rt, (ROOT / "examples/insecure-notes/intent.txt").read_text())
+        reviews = ReviewStore(rt.store)
+        project = [v for v in await reviews.validations(out.intent.id) if v.task_id is None]
+    assert out.intent.status == IntentStatus.REVIEWING
+    high = {
+        (f["tool"], f["rule_id"])
+        for f in project[-1].report["findings"]
+        if f["severity"] in ("high", "critical")
+    }
+    rules = " ".join(r for _, r in high)
+    for expected in ("S602", "sql", "eval", "hardcoded-secret"):
+        assert expected.lower() in rules.lower(), (expected, high)
+
+
+async def test_changes_rerun_named_task_and_dependents_then_restart_and_approve(
+    qlp_home: Path, db_url: str
+) -> None:
+    dev = files_answer({"calc.py": GOOD_CODE})
+    script = _script([dev])
+    # Round 2: only QL-DOC-001 (named; nothing depends on it) runs again.
+    better_readme = README + "\nAdd two integers with `calc.add(a, b)`.\n"
+    script.append(
+        {"when": task_when("QL-DOC-001"), "content": files_answer({"README.md": better_readme})}
+    )
+    policy = _on(review_policy="always")
+    async with scenario(qlp_home, db_url, script, **policy) as (rt, server):
+        out = await run_intent(rt)
+        assert out.intent.status == IntentStatus.REVIEWING  # policy always: a person decides
+        before = {t.id: t.attempts for t in out.tasks.values()}
+        final = await rt.pipeline().decide(
+            out.intent.id,
+            "request_changes",
+            actor="alice",
+            reason="document calc.add in the README",
+            tasks=["QL-DOC-001"],
+        )
+        tasks = {t.id: t for t in await rt.store.get_tasks(out.intent.id)}
+        asked = [r.last_user_message for r in server.requests]
+        settings = rt.settings
+    assert final.status == IntentStatus.REVIEWING, (
+        final.error,
+        [(t.id, t.error) for t in tasks.values()],
+    )
+    assert {t: tasks[t].attempts - before[t] for t in tasks} == {
+        "QL-DEV-001": 0,
+        "QL-TST-001": 0,
+        "QL-DOC-001": 1,
+    }
+    assert sum("document calc.add in the README" in m for m in asked) == 1
+    assert "calc.add(a, b)" in (Path(out.intent.workspace) / "README.md").read_text()
+    assert all(t.status == TaskStatus.SUCCEEDED for t in tasks.values())
+
+    # A new process (restart) finds it still waiting, and approves it.
+    async with open_runtime(settings) as rt2:
+        waiting = await rt2.store.get_intent(out.intent.id)
+        assert waiting.status == IntentStatus.REVIEWING
+        done = await rt2.pipeline(need_llm=False).decide(
+            out.intent.id, "approve", actor="bob", reason="looks right"
+        )
+        reviews = ReviewStore(rt2.store)
+        capsules = sorted(await reviews.capsules(out.intent.id), key=lambda c: c.version)
+        rounds = await reviews.rounds(out.intent.id)
+    assert done.status == IntentStatus.COMPLETED
+    assert [c.version for c in capsules] == [1, 2]
+    assert capsules[1].parent == capsules[0].id
+    assert [r.decision.decision for r in rounds if r.decision] == ["request_changes", "approve"]
+    assert rounds[1].decision is not None
+    assert rounds[1].decision.actor == "bob"
+    for c in capsules:
+        assert verify_capsule(Path(c.uri.removeprefix("file://"))).ok
