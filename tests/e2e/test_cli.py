@@ -350,6 +350,15 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     capsule = Path(data["capsules"][0]["uri"].removeprefix("file://"))
     ok = qlp("capsule", "verify", str(capsule), env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    listed = json.loads(qlp("capsule", "list", "--json", env=env, cwd=tmp_path).stdout)
+    assert [c["id"] for c in listed] == [data["capsules"][0]["id"]]
+    tampered = tmp_path / "tampered.qlcapsule"
+    raw = bytearray(capsule.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(raw))
+    bad = qlp("capsule", "verify", str(tampered), env=env, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr + bad.stdout
 
     insecure = ROOT / "examples" / "insecure-notes"
     res = qlp(

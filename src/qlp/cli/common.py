@@ -48,5 +48,15 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if STATE["debug"]:
                 raise
             raise fail(exc.message, exc.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback is behind --debug
+            if STATE["debug"]:
+                raise
+            raise fail(
+                f"unexpected error ({type(exc).__name__}: {exc}); this is a bug in QLP, "
+                "run again with --debug for the traceback",
+                1,
+            ) from None
 
     return wrapper

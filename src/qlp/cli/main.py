@@ -33,6 +33,7 @@ from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
 from qlp.errors import UserInputError
 from qlp.store.base import IntentRecord
 from qlp.store.db import schema_revision
+from qlp.store.reviews import ReviewStore
 
 RUN_HELP = """Plan and build an intent, showing live progress.
 
@@ -280,6 +281,48 @@ def intents_show(
                 console.print(f"  {f.path}  {f.size:,} B  ({f.task_id})", highlight=False)
         for e in evs:
             console.print(render.describe(e), highlight=False)
+        return EXIT_OK
+
+    raise typer.Exit(_with_runtime(settings(), go))
+
+
+@capsule_app.command("list", help="Capsules built, newest first (all intents or one).")
+@handle_errors
+def capsule_list(
+    intent_id: Annotated[
+        str | None, typer.Option("--intent", help="Only this intent's capsules.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    async def go(rt: Runtime) -> int:
+        only = (await rt.store.find_intent(intent_id)).id if intent_id else None
+        rows = await ReviewStore(rt.store).capsules(only, limit=limit)
+        if as_json:
+            print_json(
+                [
+                    {
+                        "id": c.id,
+                        "intent_id": c.intent_id,
+                        "version": c.version,
+                        "parent": c.parent,
+                        "size": c.size,
+                        "sha256": c.sha256,
+                        "uri": c.uri,
+                        "decision": c.decision,
+                        "created_at": c.created_at.isoformat(),
+                    }
+                    for c in rows
+                ]
+            )
+        elif not rows:
+            console.print("no capsules yet")
+        for c in rows if not as_json else []:
+            decision = (c.decision or {}).get("decision", "-")
+            console.print(
+                f"{c.id}  v{c.version}  {c.intent_id}  {decision}  {c.size:,} B  {c.uri}",
+                highlight=False,
+            )
         return EXIT_OK
 
     raise typer.Exit(_with_runtime(settings(), go))
