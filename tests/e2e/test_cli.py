@@ -350,6 +350,12 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     capsule = Path(data["capsules"][0]["uri"].removeprefix("file://"))
     ok = qlp("capsule", "verify", str(capsule), env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    replayed = qlp("replay", "--json", str(capsule), env=env, cwd=tmp_path, timeout=300)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    result = json.loads(replayed.stdout)
+    assert result["identical"] is True
+    assert result["original_sha256"] == result["rebuilt_sha256"]
+    assert result["differing_entries"] == []
     listed = json.loads(qlp("capsule", "list", "--json", env=env, cwd=tmp_path).stdout)
     assert [c["id"] for c in listed] == [data["capsules"][0]["id"]]
     tampered = tmp_path / "tampered.qlcapsule"

@@ -7,6 +7,7 @@ import platform
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,7 @@ from qlp.cli.review import app as review_app
 from qlp.cli.sandbox import app as sandbox_app
 from qlp.cli.views import (
     EXIT_CANCELLED,
+    EXIT_FAILED,
     EXIT_OK,
     exit_code,
     intent_document,
@@ -29,8 +31,10 @@ from qlp.cli.views import (
 from qlp.config import Settings
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus
+from qlp.engine.quality import CapsuleIdentity
+from qlp.engine.replay import ReplayClient, ReplayResult, compare, file_sha256, load_original
 from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
-from qlp.errors import UserInputError
+from qlp.errors import QLPError, UserInputError
 from qlp.store.base import IntentRecord
 from qlp.store.db import schema_revision
 from qlp.store.reviews import ReviewStore
@@ -326,6 +330,72 @@ def capsule_list(
         return EXIT_OK
 
     raise typer.Exit(_with_runtime(settings(), go))
+
+
+@app.command(
+    help="Rebuild a capsule from its own transcript: the whole pipeline runs again (plan, "
+    "agents, sandbox checks, gate, packaging) with the recorded model answers, and the result "
+    "is compared byte for byte. Exit 0 when identical, 1 when not (the differing entries "
+    "are named). Sign with the same key (same QLP_HOME or QLP_SIGNING_KEY)."
+)
+@handle_errors
+def replay(
+    capsule: Annotated[Path, typer.Argument(help="The .qlcapsule file to rebuild.")],
+    as_json: JsonOption = False,
+) -> None:
+    original = load_original(capsule.expanduser().resolve())
+    if int(original.manifest.get("version", 1)) != 1:
+        raise UserInputError(
+            "replay rebuilds first versions only: a later version also depends on the review "
+            "rounds that led to it, which the capsule does not record"
+        )
+    cfg = settings(validation_enabled=True)
+
+    async def go(rt: Runtime) -> int:
+        out_dir = rt.settings.home / "replays"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / f"{original.manifest['capsule_id']}.replay.qlcapsule"
+        out.unlink(missing_ok=True)
+        pipeline = rt.pipeline(llm=ReplayClient(original.transcript))
+        assert pipeline.quality is not None
+        pipeline.quality.replay = CapsuleIdentity(
+            intent_id=str(original.manifest["intent"]["id"]),
+            version=1,
+            parent=None,
+            decision=original.decision,
+            out_path=out,
+        )
+        intent = await pipeline.submit(original.intent_text, options={"replay_of": str(capsule)})
+        if not as_json:
+            console.print(f"replaying as intent {intent.id}", highlight=False)
+        final = await pipeline.run(intent.id)
+        if not out.exists():
+            raise QLPError(
+                f"the replay did not reach packaging: intent {final.id} is "
+                f"{final.status.value}{': ' + final.error if final.error else ''}"
+            )
+        result = ReplayResult(
+            original_sha256=file_sha256(original.path),
+            rebuilt_sha256=file_sha256(out),
+            rebuilt_path=out,
+            intent_id=final.id,
+            status=final.status.value,
+            differing=compare(original.path, out),
+        )
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            console.print(f"original  {result.original_sha256}  {original.path}", highlight=False)
+            console.print(f"rebuilt   {result.rebuilt_sha256}  {out}", highlight=False)
+            if result.identical:
+                console.print("[green]byte-identical[/]")
+            else:
+                console.print("[red]different[/]; entries that differ:")
+                for name in result.differing:
+                    console.print(f"  {name}", highlight=False)
+        return EXIT_OK if result.identical else EXIT_FAILED
+
+    raise typer.Exit(_with_runtime(cfg, go))
 
 
 # -- maintenance --------------------------------------------------------------------------

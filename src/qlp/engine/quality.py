@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
+
+from defusedxml.ElementTree import fromstring as safe_fromstring
 
 from qlp.capsule.base import CapsuleInputs, CapsuleStore, ModelUse, ReviewDecision, Totals
 from qlp.capsule.builder import build_capsule
@@ -31,6 +34,17 @@ CAPSULE_EXCLUDE = ("__pycache__", "*.pyc", ".pytest_cache", ".coverage", ".ruff_
 
 
 @dataclass(frozen=True)
+class CapsuleIdentity:
+    """What a rebuilt capsule takes from the original instead of from this run."""
+
+    intent_id: str
+    version: int
+    parent: str | None
+    decision: ReviewDecision
+    out_path: Path
+
+
+@dataclass(frozen=True)
 class QualityConfig:
     sandbox: Sandbox
     validation: ValidationConfig
@@ -40,6 +54,19 @@ class QualityConfig:
     capsule_store: CapsuleStore
     signing_key: Any  # Ed25519PrivateKey; loaded lazily by wiring
     capsules_tmp: Path
+
+
+def reproducible_junit(xml: str | None) -> str | None:
+    """JUnit XML without its clock readings (`time`, `timestamp`), so that the same test
+    results give the same capsule bytes."""
+    if not xml:
+        return xml
+    root = safe_fromstring(xml)
+    for element in root.iter():
+        for attr in ("time", "timestamp"):
+            element.attrib.pop(attr, None)
+    body: str = ElementTree.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="utf-8"?>' + body
 
 
 def gate_input(report: ValidationReport, required: Collection[str]) -> GateInput:
@@ -81,6 +108,8 @@ class Quality:
         self.store = store
         self.reviews = ReviewStore(store)
         self.config = config
+        # Set by `qlp replay`: build the capsule under the original's identity, to a file.
+        self.replay: CapsuleIdentity | None = None
 
     async def pending_feedback(self, intent_id: str, plan: Plan) -> dict[str, str]:
         """Feedback of the last round when a person asked for changes, per task to redo."""
@@ -172,7 +201,9 @@ class Quality:
             attempt=1,
             digest=report.failure_digest(),
             ok=not report.failures(),
-            report=report.to_dict(),
+            # The project's report keeps its SARIF and JUnit too: a capsule built later (after
+            # a person approves, in another process) needs them.
+            report={**report.to_dict(), "sarif": report.sarif(), "junit_xml": report.junit_xml()},
             summary=report_summary(report),
         )
         outcome = evaluate(
@@ -191,6 +222,14 @@ class Quality:
     async def after_tasks(self, intent: IntentRecord) -> IntentStatus:
         """Gate the finished project: approve and package it, or wait for a person."""
         round_, outcome, report = await self.gate(intent)
+        if self.replay is not None:
+            # Rebuilding a capsule: the decision is the one the capsule records.
+            d = self.replay.decision
+            decision = await self.reviews.decide(
+                intent.id, round_, decision=d.decision, actor=d.by, reason=d.reason, tasks=[]
+            )
+            await self.package(intent, report, decision)
+            return IntentStatus.COMPLETED
         if outcome.verdict == Verdict.APPROVE:
             decision = await self.reviews.decide(
                 intent.id,
@@ -246,17 +285,31 @@ class Quality:
         existing = await self.reviews.capsules(intent.id)
         version = max((c.version for c in existing), default=0) + 1
         parent = max(existing, key=lambda c: c.version).id if existing else None
+        decided = ReviewDecision(
+            decision=decision.decision,
+            by=decision.actor,
+            at=decision.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            reason=decision.reason or "",
+        )
+        identity = self.replay
+        if identity is not None:
+            version, parent, decided = identity.version, identity.parent, identity.decision
         rounds = await self.reviews.rounds(intent.id)
         current = rounds[-1]
+        validation: dict[str, Any]
+        sarif: dict[str, Any] | None
+        junit: str | None
         if isinstance(report, ValidationReport):
             validation, sarif, junit = report.to_dict(), report.sarif(), report.junit_xml()
         else:
-            validation, sarif, junit = report, None, None
+            extra = ("sarif", "junit_xml")
+            validation = {k: v for k, v in report.items() if k not in extra}
+            sarif, junit = report.get("sarif"), report.get("junit_xml")
         tasks = await self.store.get_tasks(intent.id)
         calls = await self.store.list_llm_calls(intent.id)
         latest = await self.store.get_intent(intent.id)
         inputs = CapsuleInputs(
-            intent_id=intent.id,
+            intent_id=identity.intent_id if identity else intent.id,
             intent_text=intent.text,
             project_dir=Path(intent.workspace),
             version=version,
@@ -271,12 +324,7 @@ class Quality:
             ),
             scores=current.scores,
             gates=current.gates,
-            decision=ReviewDecision(
-                decision=decision.decision,
-                by=decision.actor,
-                at=decision.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-                reason=decision.reason or "",
-            ),
+            decision=decided,
             tasks=[
                 {
                     "id": t.id,
@@ -294,7 +342,7 @@ class Quality:
             ],
             validation=validation,
             sarif=sarif,
-            junit_xml=junit,
+            junit_xml=reproducible_junit(junit),
             transcript=[
                 {
                     "purpose": c.purpose,
@@ -307,10 +355,27 @@ class Quality:
                     "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
                     "cost_usd": c.cost_usd,
                 }
-                for c in calls
+                # Tasks run concurrently: order the transcript by purpose, then by call.
+                for c in sorted(calls, key=lambda c: (c.purpose, c.id))
             ],
             exclude=CAPSULE_EXCLUDE,
         )
+        if identity is not None:
+            built = await asyncio.to_thread(
+                build_capsule, inputs, identity.out_path, self.config.signing_key
+            )
+            return CapsuleRecord(
+                id=built.capsule_id,
+                intent_id=intent.id,
+                version=version,
+                parent=parent,
+                size=built.size,
+                sha256=built.sha256,
+                uri=identity.out_path.as_uri(),
+                scores=dict(current.scores),
+                decision=decision.as_dict(),
+                created_at=datetime.now(UTC),
+            )
         self.config.capsules_tmp.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.config.capsules_tmp) as tmp:
             out = Path(tmp) / f"{intent.id}-v{version}.qlcapsule"

@@ -228,13 +228,14 @@ class Runtime:
             self._llm = make_llm(self.settings)
         return self._llm
 
-    def pipeline(self, *, need_llm: bool = True) -> Pipeline:
+    def pipeline(self, *, need_llm: bool = True, llm: LLMClient | None = None) -> Pipeline:
         """`need_llm=False` (review decisions that re-run nothing): a missing model setting
         only matters if a model is actually called."""
         quality = (
             make_quality(self.settings, self.store) if self.settings.validation_enabled else None
         )
-        llm = self.llm() if need_llm or self.settings.llm_provider else _Unconfigured()
+        if llm is None:
+            llm = self.llm() if need_llm or self.settings.llm_provider else _Unconfigured()
         return Pipeline(self.store, llm, engine_config(self.settings), quality)
 
 
