@@ -59,6 +59,7 @@ async def main(tasks: int, repeat: int) -> None:
             llm_script=script_path,
             max_parallel_tasks=4,
             max_tasks_per_plan=len(deps),
+            validation_enabled=False,  # the engine alone: no sandbox checks
         )
         walls, bases = [], []
         for i in range(repeat + 1):

@@ -72,6 +72,7 @@ async def measure(url: str, home: Path, width: int, depth: int, latency: float) 
             openai_api_key="bench",
             max_parallel_tasks=width,
             max_tasks_per_plan=len(deps),
+            validation_enabled=False,  # the engine alone: no sandbox checks
         )
         async with open_runtime(settings) as rt:
             pipeline = rt.pipeline()
