@@ -356,8 +356,14 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     assert result["identical"] is True
     assert result["original_sha256"] == result["rebuilt_sha256"]
     assert result["differing_entries"] == []
-    listed = json.loads(qlp("capsule", "list", "--json", env=env, cwd=tmp_path).stdout)
+    listed = json.loads(
+        qlp(
+            "capsule", "list", "--json", "--intent", data["intent_id"], env=env, cwd=tmp_path
+        ).stdout
+    )
     assert [c["id"] for c in listed] == [data["capsules"][0]["id"]]
+    everything = json.loads(qlp("capsule", "list", "--json", env=env, cwd=tmp_path).stdout)
+    assert data["capsules"][0]["id"] in [c["id"] for c in everything]
     tampered = tmp_path / "tampered.qlcapsule"
     raw = bytearray(capsule.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
