@@ -6,7 +6,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from qlp.sandbox.base import ExecResult, SandboxSession
 from qlp.validation.config import ValidationConfig
 from qlp.validation.junit import TestsSummary
 from qlp.validation.kinds import Inventory
+from qlp.validation.normalize import project_path
 from qlp.validation.sandboxed import script
 
 SETUP = "run scripts/setup"
@@ -260,3 +261,28 @@ def tests_result(
         detail += f"; coverage {summary.coverage_percent}%"
     status = CheckStatus.FAILED if failing else CheckStatus.PASSED
     return CheckResult(name, tool, status, tuple(files), took, detail)
+
+
+async def syntax_per_file(
+    ctx: Context,
+    name: str,
+    tool: str,
+    files: Sequence[str],
+    command: Sequence[str],
+    to_finding: Callable[[str, str], Finding],
+) -> CheckResult:
+    """Run `command FILE` once per file in one sandboxed shell loop; a file whose run exits
+    non-zero becomes `to_finding(path, output)`. (bash -n, node --check.)"""
+    if not files:
+        return not_applicable(name, tool)
+    if not ctx.tools.has(tool):
+        return not_run(name, tool, files, ctx.tools.missing_reason(tool))
+    argv, nonce = shell_loop(command)
+    result = await ctx.run([*argv, *arg_paths(files)], env={"QLP_NONCE": nonce})
+    per_file = split_loop(result.stdout, nonce)
+    if len(per_file) != len(files):
+        return error(name, tool, files, brief(result), result.wall_s)
+    found = [
+        to_finding(project_path(path), text) for path, (code, text) in per_file.items() if code != 0
+    ]
+    return outcome(name, tool, files, found, result.wall_s)

@@ -15,8 +15,7 @@ from qlp.validation.checks.base import (
     not_run,
     outcome,
     parse_json,
-    shell_loop,
-    split_loop,
+    syntax_per_file,
     tests_result,
 )
 from qlp.validation.junit import JUnitError, TestsSummary, parse_junit, synthetic_failure
@@ -52,21 +51,10 @@ def node_error(path: str, output: str) -> Finding:
 
 
 async def node_check(ctx: Context) -> CheckResult:
-    name, files = "javascript.check", ctx.inventory.files(Kind.JAVASCRIPT)
-    if not files:
-        return not_applicable(name, "node")
-    if not ctx.tools.has("node"):
-        return not_run(name, "node", files, ctx.tools.missing_reason("node"))
-    argv, nonce = shell_loop(["node", "--check"])
-    result = await ctx.run([*argv, *arg_paths(files)], env={"QLP_NONCE": nonce})
-    took = result.wall_s
-    per_file = split_loop(result.stdout, nonce)
-    if len(per_file) != len(files):
-        return error(name, "node", files, brief(result), took)
-    found = [
-        node_error(project_path(path), text) for path, (code, text) in per_file.items() if code != 0
-    ]
-    return outcome(name, "node", files, found, took)
+    files = ctx.inventory.files(Kind.JAVASCRIPT)
+    return await syntax_per_file(
+        ctx, "javascript.check", "node", files, ["node", "--check"], node_error
+    )
 
 
 async def node_test(ctx: Context) -> tuple[CheckResult, TestsSummary | None]:

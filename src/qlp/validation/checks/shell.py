@@ -14,11 +14,10 @@ from qlp.validation.checks.base import (
     not_run,
     outcome,
     parse_json,
-    shell_loop,
-    split_loop,
+    syntax_per_file,
 )
 from qlp.validation.kinds import Kind
-from qlp.validation.normalize import project_path, shellcheck_findings
+from qlp.validation.normalize import shellcheck_findings
 
 _BASH_AT = re.compile(r"^(?P<path>.+?): line (?P<line>\d+): (?P<msg>.*)$")
 
@@ -42,21 +41,8 @@ def bash_error(path: str, output: str) -> Finding:
 
 
 async def bash_syntax(ctx: Context) -> CheckResult:
-    name, files = "shell.syntax", ctx.inventory.files(Kind.SHELL)
-    if not files:
-        return not_applicable(name, "bash")
-    if not ctx.tools.has("bash"):
-        return not_run(name, "bash", files, ctx.tools.missing_reason("bash"))
-    argv, nonce = shell_loop(["bash", "-n"])
-    result = await ctx.run([*argv, *arg_paths(files)], env={"QLP_NONCE": nonce})
-    took = result.wall_s
-    per_file = split_loop(result.stdout, nonce)
-    if len(per_file) != len(files):
-        return error(name, "bash", files, brief(result), took)
-    found = [
-        bash_error(project_path(path), text) for path, (code, text) in per_file.items() if code != 0
-    ]
-    return outcome(name, "bash", files, found, took)
+    files = ctx.inventory.files(Kind.SHELL)
+    return await syntax_per_file(ctx, "shell.syntax", "bash", files, ["bash", "-n"], bash_error)
 
 
 async def shellcheck(ctx: Context) -> CheckResult:
