@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from urllib.parse import urlsplit
 
 import anthropic
@@ -25,17 +24,17 @@ from qlp.llm.retry import (
     CallFailure,
     OnRetry,
     RetryPolicy,
-    call_with_retries,
     failure_from_status,
     redact,
 )
+from qlp.llm.sdk_client import SDKClient
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # A gateway in front of Anthropic may need no key, but the SDK insists on one.
 PLACEHOLDER_API_KEY = "not-needed"
 
 
-class AnthropicClient:
+class AnthropicClient(SDKClient[AnthropicMessage]):
     """An `LLMClient` for Claude models."""
 
     def __init__(
@@ -74,25 +73,6 @@ class AnthropicClient:
             timeout=timeout_s,
             max_retries=0,
         )
-
-    @property
-    def provider(self) -> str:
-        return self._provider
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        started = time.perf_counter()
-        message, attempts = await call_with_retries(
-            lambda: self._attempt(request),
-            policy=self._retry,
-            provider=self._provider,
-            model=self._model,
-            on_retry=self._on_retry,
-        )
-        return self._response(message, attempts, time.perf_counter() - started)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -152,7 +132,9 @@ class AnthropicClient:
             retryable=True,
         )
 
-    def _response(self, message: AnthropicMessage, attempts: int, latency_s: float) -> LLMResponse:
+    def _response(
+        self, request: LLMRequest, message: AnthropicMessage, attempts: int, latency_s: float
+    ) -> LLMResponse:
         content = "".join(block.text for block in message.content if block.type == "text")
         u = message.usage
         # Cached prompt tokens are still prompt tokens for budgets.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from urllib.parse import urlsplit
 
 import openai
@@ -32,11 +31,11 @@ from qlp.llm.retry import (
     CallFailure,
     OnRetry,
     RetryPolicy,
-    call_with_retries,
     failure_from_status,
     redact,
 )
 from qlp.llm.scripted import estimate_tokens
+from qlp.llm.sdk_client import SDKClient
 
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 # Local servers usually need no key, but the SDK insists on one.
@@ -56,7 +55,7 @@ def _host(url: str) -> str:
     return parts.hostname or url
 
 
-class OpenAICompatClient:
+class OpenAICompatClient(SDKClient[ChatCompletion]):
     """An `LLMClient` for the chat completions API.
 
     With `azure_endpoint` it talks to Azure OpenAI and `model` is the deployment name. With
@@ -123,25 +122,6 @@ class OpenAICompatClient:
         # The official API wants max_completion_tokens (reasoning models refuse max_tokens);
         # Azure API versions and compatible servers are safest with the classic max_tokens.
         self._use_max_completion_tokens = not azure_endpoint and not base_url
-
-    @property
-    def provider(self) -> str:
-        return self._provider
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        started = time.perf_counter()
-        completion, attempts = await call_with_retries(
-            lambda: self._attempt(request),
-            policy=self._retry,
-            provider=self._provider,
-            model=self._model,
-            on_retry=self._on_retry,
-        )
-        return self._response(request, completion, attempts, time.perf_counter() - started)
 
     async def aclose(self) -> None:
         await self._client.close()
