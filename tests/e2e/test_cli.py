@@ -399,3 +399,27 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     again = qlp("review", "approve", intent_id, env=env, cwd=tmp_path)
     assert again.returncode == 2
     assert "not waiting for review" in again.stderr
+
+
+def test_sandbox_commands_from_the_qlp_entry_point(tmp_path: Path) -> None:
+    env = qlp_env(tmp_path, None)
+    check = qlp("sandbox", "check", "--json", env=env, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    ran = qlp(
+        "sandbox",
+        "run",
+        "--json",
+        "--",
+        "python",
+        "-c",
+        "import os; print(os.getuid())",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["backend"] == "bubblewrap"
+    assert result["stdout"].strip() != "0"  # never root inside
+    bad = qlp("sandbox", "run", "--backend", "nope", "--", "true", env=env, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
