@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from qlp.capsule.verify import verify_capsule
 from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.engine.wiring import open_runtime
@@ -176,3 +178,42 @@ async def test_changes_rerun_named_task_and_dependents_then_restart_and_approve(
     assert rounds[1].decision.actor == "bob"
     for c in capsules:
         assert verify_capsule(Path(c.uri.removeprefix("file://"))).ok
+
+
+async def test_failed_capsule_row_leaves_no_object_and_resume_packages(
+    qlp_home: Path, db_url: str
+) -> None:
+    """A real database failure between storing the capsule and writing its row (a trigger
+    that refuses the insert): the stored object is removed, no row exists, and a resumed run
+    packages the intent."""
+    dev = files_answer({"calc.py": GOOD_CODE})
+    async with scenario(qlp_home, db_url, _script([dev]), **_on()) as (rt, _):
+        async with rt.store.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_capsule() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk full (simulated by a trigger)'; END $$"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON capsules "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_capsule()"
+            )
+        pipeline = rt.pipeline()
+        intent = await pipeline.submit("build calc")
+        try:
+            with pytest.raises(Exception, match="disk full"):
+                await pipeline.run(intent.id)
+            stuck = await rt.store.get_intent(intent.id)
+            rows = await ReviewStore(rt.store).capsules(intent.id)
+            stored = list((qlp_home / "capsules").rglob("*.qlcapsule"))
+        finally:
+            async with rt.store.engine.begin() as conn:
+                await conn.exec_driver_sql("DROP TRIGGER refuse ON capsules")
+                await conn.exec_driver_sql("DROP FUNCTION refuse_capsule()")
+        assert stuck.status == IntentStatus.PACKAGING
+        assert rows == []
+        assert stored == []
+        final = await rt.pipeline().run(intent.id)
+        rows = await ReviewStore(rt.store).capsules(intent.id)
+    assert final.status == IntentStatus.COMPLETED
+    assert len(rows) == 1
+    assert Path(rows[0].uri.removeprefix("file://")).exists()

@@ -96,6 +96,10 @@ class Pipeline:
                         intent_id, ev.INTENT_RESUMED, {"from": intent.status.value}
                     )
                 self._spent[intent_id] = intent.total_tokens
+                if intent.status == IntentStatus.PACKAGING and self.quality is not None:
+                    # Stopped while packaging: the decision stands; build the capsule again.
+                    await self.quality.resume_packaging(intent)
+                    return await self.store.get_intent(intent_id)
                 plan = await self._ensure_plan(intent)
                 if plan is not None:
                     outcome = await self._execute(intent, plan)

@@ -22,6 +22,7 @@ from qlp.capsule.builder import build_capsule
 from qlp.domain import events as ev
 from qlp.domain.plan import Plan, transitive_dependents
 from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.errors import UserInputError
 from qlp.review.gate import GateInput, GateOutcome, Policy, Verdict, evaluate
 from qlp.sandbox.base import Sandbox
 from qlp.store.base import IntentRecord
@@ -253,6 +254,12 @@ class Quality:
     async def latest_report(self, intent_id: str) -> dict[str, Any]:
         project = [v for v in await self.reviews.validations(intent_id) if v.task_id is None]
         return project[-1].report if project else {}
+
+    async def resume_packaging(self, intent: IntentRecord) -> None:
+        current = await self.reviews.current_round(intent.id)
+        if current.decision is None:
+            raise UserInputError(f"intent {intent.id} is packaging but its round is undecided")
+        await self.package(intent, await self.latest_report(intent.id), current.decision)
 
     # -- packaging -----------------------------------------------------------------------------
     async def package(
