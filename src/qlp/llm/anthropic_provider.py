@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from urllib.parse import urlsplit
 
 import anthropic
 from anthropic import AsyncAnthropic
@@ -21,11 +20,9 @@ from qlp.errors import ConfigError
 from qlp.llm.base import LLMRequest, LLMResponse, Usage
 from qlp.llm.pricing import cost_for_any
 from qlp.llm.retry import (
-    CallFailure,
     OnRetry,
     RetryPolicy,
     failure_from_status,
-    redact,
 )
 from qlp.llm.sdk_client import SDKClient
 
@@ -110,27 +107,13 @@ class AnthropicClient(SDKClient[AnthropicMessage]):
                 secrets=self._secrets,
             ) from None
         except anthropic.APIConnectionError as exc:
-            cause = exc.__cause__
-            detail = f": {type(cause).__name__}" if cause is not None else ""
-            host = urlsplit(self._endpoint).hostname or self._endpoint
-            raise CallFailure(f"could not connect to {host}{detail}", retryable=True) from None
+            raise self._unreachable(exc) from None
         except json.JSONDecodeError as exc:
-            raise CallFailure(
-                f"the server sent a response that is not valid JSON ({exc.msg})", retryable=True
-            ) from None
+            raise self._not_json(exc) from None
         except anthropic.APIResponseValidationError as exc:
-            raise CallFailure(
-                f"the server sent a response in an unexpected shape: {exc.message}",
-                retryable=True,
-            ) from None
+            raise self._bad_shape(exc.message) from None
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise CallFailure(redact(str(exc), self._secrets), retryable=False) from None
-
-    def _timed_out(self) -> CallFailure:
-        return CallFailure(
-            f"no answer within the {self._timeout_s:g}s timeout (QLP_LLM_TIMEOUT_S)",
-            retryable=True,
-        )
+            raise self._refused(exc) from None
 
     def _response(
         self, request: LLMRequest, message: AnthropicMessage, attempts: int, latency_s: float

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from urllib.parse import urlsplit
 
 import openai
 from openai import AsyncAzureOpenAI, AsyncOpenAI
@@ -28,11 +27,9 @@ from qlp.errors import ConfigError, LLMError
 from qlp.llm.base import LLMRequest, LLMResponse, Message, Usage
 from qlp.llm.pricing import cost_for_any
 from qlp.llm.retry import (
-    CallFailure,
     OnRetry,
     RetryPolicy,
     failure_from_status,
-    redact,
 )
 from qlp.llm.scripted import estimate_tokens
 from qlp.llm.sdk_client import SDKClient
@@ -48,11 +45,6 @@ def _message_param(message: Message) -> ChatCompletionMessageParam:
     if message.role == "assistant":
         return ChatCompletionAssistantMessageParam(role="assistant", content=message.content)
     return ChatCompletionUserMessageParam(role="user", content=message.content)
-
-
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.hostname or url
 
 
 class OpenAICompatClient(SDKClient[ChatCompletion]):
@@ -157,28 +149,13 @@ class OpenAICompatClient(SDKClient[ChatCompletion]):
                 secrets=self._secrets,
             ) from None
         except openai.APIConnectionError as exc:
-            cause = exc.__cause__
-            detail = f": {type(cause).__name__}" if cause is not None else ""
-            raise CallFailure(
-                f"could not connect to {_host(self._endpoint)}{detail}", retryable=True
-            ) from None
+            raise self._unreachable(exc) from None
         except json.JSONDecodeError as exc:
-            raise CallFailure(
-                f"the server sent a response that is not valid JSON ({exc.msg})", retryable=True
-            ) from None
+            raise self._not_json(exc) from None
         except openai.APIResponseValidationError as exc:
-            raise CallFailure(
-                f"the server sent a response in an unexpected shape: {exc.message}",
-                retryable=True,
-            ) from None
+            raise self._bad_shape(exc.message) from None
         except (openai.OpenAIError, ValueError) as exc:
-            raise CallFailure(redact(str(exc), self._secrets), retryable=False) from None
-
-    def _timed_out(self) -> CallFailure:
-        return CallFailure(
-            f"no answer within the {self._timeout_s:g}s timeout (QLP_LLM_TIMEOUT_S)",
-            retryable=True,
-        )
+            raise self._refused(exc) from None
 
     def _response(
         self, request: LLMRequest, completion: ChatCompletion, attempts: int, latency_s: float
