@@ -166,6 +166,34 @@ class Settings(BaseSettings):
     review_policy: Literal["auto", "always", "never_auto"] = "auto"
     approve_threshold: int = Field(default=80, ge=0, le=100)
 
+    # -- service (qlp serve; docs/API.md) ----------------------------------------------
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(default=8000, ge=1, le=65535)
+    # Intents the server runs at once; more wait in the queue (state queued).
+    server_max_running: int = Field(default=2, ge=1, le=256)
+    # Intents one user may have unfinished (queued, planning, executing, packaging) at once.
+    user_max_active_intents: int = Field(default=5, ge=1)
+    # Largest JSON request body; a capsule upload to /capsules/verify has its own limit.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # Requests per minute per identity (client IP and username for login; user for submit).
+    login_rate_per_minute: int = Field(default=10, ge=1)
+    submit_rate_per_minute: int = Field(default=30, ge=1)
+    access_token_ttl_s: int = Field(default=900, ge=30)
+    refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
+    # Where secrets come from: "env" (QLP_JWT_KEYS from the environment or .env, else a key
+    # file created under QLP_HOME) or "keyvault:https://NAME.vault.azure.net".
+    secrets: str = "env"
+    # JWT signing keys "kid=secret[,kid=secret...]": the first signs, all verify, so a new key
+    # can be put first while tokens signed with the old one stay valid until they expire.
+    jwt_keys: SecretStr | None = None
+    # Tracing: "none", "console", "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT) or "azure"; "auto"
+    # picks azure when APPLICATIONINSIGHTS_CONNECTION_STRING is set, else none.
+    tracing: Literal["auto", "none", "console", "otlp", "azure"] = "auto"
+    applicationinsights_connection_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    )
+
     # -- logging -----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_format: Literal["console", "json"] = "console"

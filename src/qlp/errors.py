@@ -60,3 +60,25 @@ class UnsafePathError(InvalidAnswerError):
 
 class SandboxError(QLPError):
     """The sandbox backend is unavailable or failed to start a session."""
+
+
+class AuthError(UserInputError):
+    """Credentials are missing, wrong, expired or revoked (HTTP 401). The message never says
+    which of those, so it cannot be used to probe accounts or tokens."""
+
+
+class PermissionDeniedError(UserInputError):
+    """The caller is known but may not do this (HTTP 403)."""
+
+
+class ConflictError(UserInputError):
+    """The request clashes with the current state (HTTP 409): a taken username, an intent that
+    is not in a state that allows the action."""
+
+
+class LimitExceededError(UserInputError):
+    """A rate or quota limit was hit (HTTP 429); `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
