@@ -60,6 +60,10 @@ class Pipeline:
         self.quality = quality
         # Tokens spent so far per running intent, kept current by every recorded call.
         self._spent: dict[str, int] = {}
+        # Set by a server shutting down: a cancelled run then keeps its intent's state
+        # (planning, executing, packaging) so the next start resumes it, instead of marking
+        # it cancelled as a user's Ctrl-C does.
+        self.interrupting = False
 
     # -- entry points --------------------------------------------------------------------
     async def submit(
@@ -105,7 +109,8 @@ class Pipeline:
                     outcome = await self._execute(intent, plan)
                     await self._finish(intent, outcome)
             except asyncio.CancelledError:
-                await asyncio.shield(self._cancel(intent_id))
+                if not self.interrupting:
+                    await asyncio.shield(self._cancel(intent_id))
                 raise
             finally:
                 self._spent.pop(intent_id, None)
@@ -119,10 +124,15 @@ class Pipeline:
         actor: str,
         reason: str | None = None,
         tasks: Sequence[str] = (),
+        run_after: bool = True,
     ) -> IntentRecord:
         """A person's decision on an intent waiting for review (approve, reject or
         request_changes). Changes re-run the named tasks (all when none are named) and
-        their dependents with the feedback in their prompt, then the gate runs again."""
+        their dependents with the feedback in their prompt, then the gate runs again.
+
+        `run_after=False` (the service) records the decision and moves the intent to the
+        state it continues from (packaging or executing), then returns: the caller's queue
+        runs it, as it would after a restart."""
         quality = self.quality
         if quality is None:
             raise UserInputError("review needs validation, which is off (QLP_VALIDATE=false)")
@@ -148,6 +158,11 @@ class Pipeline:
                     reason=reason,
                     tasks=[],
                 )
+                if not run_after:
+                    await self.store.set_intent_status(
+                        intent_id, IntentStatus.PACKAGING, event_type=ev.INTENT_PACKAGING
+                    )
+                    return await self.store.get_intent(intent_id)
                 await quality.package(intent, await quality.latest_report(intent_id), made)
                 return await self.store.get_intent(intent_id)
             if not (reason or "").strip():
@@ -199,6 +214,8 @@ class Pipeline:
             await self.store.set_intent_status(
                 intent_id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
             )
+        if not run_after:
+            return await self.store.get_intent(intent_id)
         return await self.run(intent_id)
 
     # -- steps ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, func, insert, select
 
 from qlp.domain import events as ev
 from qlp.domain.events import Event
@@ -308,18 +308,19 @@ class ReviewStore:
         if intent_id is not None:
             query = query.where(t.capsules.c.intent_id == intent_id)
         async with self.store.autocommit.connect() as conn:
-            return [
-                CapsuleRecord(
-                    id=r.id,
-                    intent_id=r.intent_id,
-                    version=r.version,
-                    parent=r.parent,
-                    size=r.size,
-                    sha256=r.sha256,
-                    uri=r.uri,
-                    scores=dict(r.scores),
-                    decision=r.decision,
-                    created_at=r.created_at,
-                )
-                for r in await conn.execute(query)
-            ]
+            return [capsule_record(r) for r in await conn.execute(query)]
+
+
+def capsule_record(r: Row[Any]) -> CapsuleRecord:
+    return CapsuleRecord(
+        id=r.id,
+        intent_id=r.intent_id,
+        version=r.version,
+        parent=r.parent,
+        size=r.size,
+        sha256=r.sha256,
+        uri=r.uri,
+        scores=dict(r.scores),
+        decision=r.decision,
+        created_at=r.created_at,
+    )
