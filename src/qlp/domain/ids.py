@@ -38,3 +38,16 @@ def is_intent_id(value: str) -> bool:
 
 def task_id(task_type: TaskType, number: int) -> str:
     return f"QL-{TASK_PREFIX[task_type]}-{number:03d}"
+
+
+# -- identity (users, their sessions and API keys) -----------------------------------------
+def new_user_id() -> str:
+    return f"QLU-{ULID()}"
+
+
+def new_session_id() -> str:
+    return f"QLS-{ULID()}"
+
+
+def new_api_key_id() -> str:
+    return f"QLK-{ULID()}"

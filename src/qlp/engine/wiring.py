@@ -11,6 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qlp.agents.agent import AgentSettings
+from qlp.auth.base import SecretProvider
+from qlp.auth.secrets import JWT_KEYS_NAME, EnvSecretProvider, KeyVaultSecretProvider
 from qlp.capsule.azure_store import AzureCapsuleStore
 from qlp.capsule.base import CapsuleStore
 from qlp.capsule.keys import load_or_create_signing_key
@@ -35,6 +37,7 @@ from qlp.sandbox.base import Limits, Sandbox
 from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
 from qlp.sandbox.docker_backend import DockerConfig, DockerSandbox
 from qlp.sandbox.gvisor import GvisorConfig, GvisorSandbox
+from qlp.sandbox.observed import ObservedSandbox, Observer
 from qlp.sandbox.runtime import resolve_runtime, runtime_path
 from qlp.store.db import connect
 from qlp.store.embedded import EmbeddedPostgres
@@ -213,6 +216,21 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+# --- secrets ------------------------------------------------------------------------------
+def make_secret_provider(settings: Settings) -> SecretProvider:
+    """QLP_SECRETS: "env" (the settings themselves) or "keyvault:https://NAME.vault.azure.net"."""
+    source = settings.secrets.strip()
+    if source == "env":
+        keys = settings.jwt_keys
+        return EnvSecretProvider({JWT_KEYS_NAME: keys.get_secret_value() if keys else None})
+    if source.startswith("keyvault:"):
+        return KeyVaultSecretProvider(source.removeprefix("keyvault:").strip())
+    raise ConfigError(
+        f"QLP_SECRETS: unknown secret source {source!r}; use env or "
+        "keyvault:https://NAME.vault.azure.net"
+    )
+
+
 # --- store --------------------------------------------------------------------------------
 @dataclass
 class Runtime:
@@ -228,11 +246,19 @@ class Runtime:
             self._llm = make_llm(self.settings)
         return self._llm
 
-    def pipeline(self, *, need_llm: bool = True, llm: LLMClient | None = None) -> Pipeline:
+    def pipeline(
+        self,
+        *,
+        need_llm: bool = True,
+        llm: LLMClient | None = None,
+        sandbox_observer: Observer | None = None,
+    ) -> Pipeline:
         """`need_llm=False` (review decisions that re-run nothing): a missing model setting
         only matters if a model is actually called."""
         quality = (
-            make_quality(self.settings, self.store) if self.settings.validation_enabled else None
+            make_quality(self.settings, self.store, sandbox_observer)
+            if self.settings.validation_enabled
+            else None
         )
         if llm is None:
             llm = self.llm() if need_llm or self.settings.llm_provider else _Unconfigured()
@@ -271,11 +297,16 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
     return load_or_create_signing_key(settings.home, secret.get_secret_value() if secret else None)
 
 
-def make_quality(settings: Settings, store: Store) -> Quality:
+def make_quality(
+    settings: Settings, store: Store, sandbox_observer: Observer | None = None
+) -> Quality:
     """Validation needs a working sandbox: an unavailable backend stops here, saying what to
-    install (there is no unsandboxed fallback)."""
-    sandbox = make_sandbox(settings)
+    install (there is no unsandboxed fallback). `sandbox_observer` sees every command's end
+    (the service's metrics)."""
+    sandbox: Sandbox = make_sandbox(settings)
     sandbox.check()
+    if sandbox_observer is not None:
+        sandbox = ObservedSandbox(sandbox, sandbox_observer)
     return Quality(
         store,
         QualityConfig(

@@ -7,7 +7,7 @@ store; these records are what the engine and the faces see of it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -108,3 +108,44 @@ class Totals:
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+# -- identity (store/users.py) -------------------------------------------------------------
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    username: str
+    # argon2id hash (PHC string); never shown, never logged.
+    password_hash: str = field(repr=False)
+    role: str  # admin | member | viewer (qlp.auth.base.Role)
+    created_at: datetime
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One refresh token of a login's chain (`family_id` is the login's first session)."""
+
+    id: str
+    user_id: str
+    family_id: str
+    token_hash: str = field(repr=False)
+    created_at: datetime
+    expires_at: datetime
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+    revoked_reason: str | None
+    client_ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    user_id: str
+    name: str
+    prefix: str  # the key's first characters, enough to recognise it in a listing
+    key_hash: str = field(repr=False)
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None

@@ -7,6 +7,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -189,4 +191,92 @@ capsules = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("intent_id", "version"),
     ForeignKeyConstraint(["intent_id"], ["intents.id"], ondelete="CASCADE"),
+)
+
+# -- identity and audit (revision 0003; docs/SECURITY.md) -----------------------------------
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    # Stored lower-cased, so "Alice" and "alice" are one account.
+    Column("username", String(64), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default="false"),
+    UniqueConstraint("username", name="uq_users_username"),
+    CheckConstraint("role IN ('admin', 'member', 'viewer')", name="ck_users_role"),
+)
+
+# One row per refresh token. A login starts a family; each refresh marks its row rotated and
+# adds the next one to the same family, so presenting a rotated token again is detectable.
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), nullable=False),
+    Column("family_id", String(40), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+    Column("client_ip", Text, nullable=True),
+    Column("user_agent", Text, nullable=True),
+    UniqueConstraint("token_hash", name="uq_user_sessions_token_hash"),
+    Index("ix_user_sessions_family", "family_id"),
+    Index("ix_user_sessions_user", "user_id"),
+    ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+    Index("ix_api_keys_user", "user_id"),
+    ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+)
+
+# Hash-chained: each row's hash covers its content and the previous row's hash. `seq` is
+# numbered by the store (last + 1 under a lock), not by a sequence: a sequence leaves holes
+# when a transaction rolls back, and a hole is exactly what signals a deleted row.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("resource", Text, nullable=True),
+    Column("outcome", Text, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("client_ip", Text, nullable=True),
+    Column("user_agent", Text, nullable=True),
+    Column("request_id", Text, nullable=True),
+    Column("details", JSONB, nullable=False, server_default="{}"),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_actor", "actor"),
+    Index("ix_audit_log_action", "action"),
+)
+
+# The chain's last seq and hash, updated with every append: without it, deleting the newest
+# rows would leave a shorter chain that still verifies.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("id = 1", name="ck_audit_head_one_row"),
 )
