@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     # Requests per minute per identity (client IP and username for login; user for submit).
     login_rate_per_minute: int = Field(default=10, ge=1)
     submit_rate_per_minute: int = Field(default=30, ge=1)
+    # Seconds between heartbeats on an idle event stream (WebSocket).
+    stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (comma-separated); empty:
+    # the client address is the connection's own.
+    server_forwarded_allow_ips: str = ""
+    # Seconds open requests and streams get to finish when the server is asked to stop.
+    server_shutdown_grace_s: float = Field(default=5.0, ge=0)
     access_token_ttl_s: int = Field(default=900, ge=30)
     refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60)
     # Where secrets come from: "env" (QLP_JWT_KEYS from the environment or .env, else a key

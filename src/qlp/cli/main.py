@@ -15,11 +15,13 @@ from rich.live import Live
 
 from qlp import __version__
 from qlp.cli import render
+from qlp.cli.audit import app as audit_app
 from qlp.cli.capsule import app as capsule_app
 from qlp.cli.capsule import keys_app
 from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
 from qlp.cli.review import app as review_app
 from qlp.cli.sandbox import app as sandbox_app
+from qlp.cli.users import app as users_app
 from qlp.cli.views import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -61,6 +63,8 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(keys_app, name="keys")
 app.add_typer(review_app, name="review")
+app.add_typer(users_app, name="user")
+app.add_typer(audit_app, name="audit")
 
 LlmOption = Annotated[
     str | None,
@@ -408,6 +412,22 @@ def db_upgrade() -> None:
         return EXIT_OK
 
     raise typer.Exit(_with_runtime(settings(), go))
+
+
+@app.command(
+    help="Serve the REST API and WebSocket streams (docs/API.md). Stop with Ctrl-C or "
+    "SIGTERM: running intents keep their state and resume on the next start."
+)
+@handle_errors
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (QLP_SERVER_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (QLP_SERVER_PORT, 8000)")] = None,
+) -> None:
+    from qlp.api.server import serve as run_server  # FastAPI loads only for this command
+
+    run_server(settings(), host=host, port=port)
 
 
 @app.command(help="Print the QLP version.")

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qlp.agents.agent import AgentSettings
 from qlp.auth.base import SecretProvider
-from qlp.auth.secrets import JWT_KEYS_NAME, EnvSecretProvider, KeyVaultSecretProvider
+from qlp.auth.secrets import (
+    JWT_KEYS_NAME,
+    EnvSecretProvider,
+    KeyVaultSecretProvider,
+    load_signing_keys,
+)
+from qlp.auth.service import AuthService
+from qlp.auth.tokens import TokenService
 from qlp.capsule.azure_store import AzureCapsuleStore
 from qlp.capsule.base import CapsuleStore
 from qlp.capsule.keys import load_or_create_signing_key
@@ -42,6 +49,7 @@ from qlp.sandbox.runtime import resolve_runtime, runtime_path
 from qlp.store.db import connect
 from qlp.store.embedded import EmbeddedPostgres
 from qlp.store.repository import Store
+from qlp.store.users import UserStore
 from qlp.validation import ValidationConfig
 
 # --- sandbox ------------------------------------------------------------------------------
@@ -228,6 +236,17 @@ def make_secret_provider(settings: Settings) -> SecretProvider:
     raise ConfigError(
         f"QLP_SECRETS: unknown secret source {source!r}; use env or "
         "keyvault:https://NAME.vault.azure.net"
+    )
+
+
+def make_auth(settings: Settings, store: Store) -> AuthService:
+    """Users, sessions and API keys over the store, tokens signed with the keys from the
+    configured secret source (a key file under QLP_HOME when none is configured)."""
+    keys = load_signing_keys(make_secret_provider(settings), settings.home)
+    return AuthService(
+        UserStore(store),
+        TokenService(keys, settings.access_token_ttl_s),
+        settings.refresh_token_ttl_s,
     )
 
 

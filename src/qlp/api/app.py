@@ -1,0 +1,101 @@
+"""The FastAPI application: routes under /api/v1, OpenAPI at /docs, the service opened and
+closed with the app (database, runner, auth), middlewares for limits and request context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from qlp import __version__
+from qlp.api import problems
+from qlp.api.context import Service
+from qlp.api.limits import BodySizeLimit, RateLimits
+from qlp.api.metrics import Metrics
+from qlp.api.middleware import RequestContext
+from qlp.api.routes import auth, capsules, intents, stream, system
+from qlp.api.tracing import instrument
+from qlp.capsule.keys import public_key_pem, public_key_text
+from qlp.config import Settings
+from qlp.engine.runner import IntentRunner
+from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signing_key
+from qlp.store.audit import AuditStore
+from qlp.store.intent_queries import IntentQueries
+from qlp.store.reviews import ReviewStore
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """Turn an intent into a tested, scanned and signed QuantumCapsule.
+
+Authenticate with `POST /api/v1/auth/login` and send `Authorization: Bearer <access_token>`
+(or an API key) on every other request. Errors are `application/problem+json` (RFC 9457)
+with a stable `code`. See docs/API.md."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings) as rt:
+            pipeline = rt.pipeline(need_llm=False, sandbox_observer=metrics.observe_sandbox)
+            runner = IntentRunner(
+                pipeline,
+                max_running=settings.server_max_running,
+                max_active_per_user=settings.user_max_active_intents,
+            )
+            key = signing_key(settings)
+            app.state.service = Service(
+                settings=settings,
+                runtime=rt,
+                runner=runner,
+                auth=make_auth(settings, rt.store),
+                audit=AuditStore(rt.store),
+                queries=IntentQueries(rt.store),
+                reviews=ReviewStore(rt.store),
+                capsules=make_capsule_store(settings),
+                limits=RateLimits(
+                    login_per_minute=settings.login_rate_per_minute,
+                    submit_per_minute=settings.submit_rate_per_minute,
+                ),
+                metrics=metrics,
+                public_key=public_key_text(key),
+                public_key_pem=public_key_pem(key),
+            )
+            events = rt.bus.subscribe()
+            follower = asyncio.create_task(metrics.follow(events))
+            await runner.start()
+            try:
+                yield
+            finally:
+                await runner.stop()
+                rt.bus.unsubscribe(events)
+                follower.cancel()
+                with contextlib.suppress(BaseException):
+                    await follower
+                if tracer is not None:
+                    tracer.shutdown()
+
+    app = FastAPI(
+        title="QLP",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    problems.install(app)
+    for router in (auth.router, intents.router, stream.router, capsules.router, system.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_body_bytes,
+        overrides={"/capsules/verify": settings.max_upload_bytes},
+    )
+    app.add_middleware(RequestContext, metrics=metrics)
+    tracer = instrument(app, settings)
+    return app

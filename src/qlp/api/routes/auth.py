@@ -1,0 +1,110 @@
+"""/auth: log in, refresh, log out, who am I, API keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from qlp.api.context import Service, service
+from qlp.api.schemas import (
+    ApiKeyCreatedOut,
+    ApiKeyIn,
+    ApiKeyOut,
+    LoginIn,
+    MeOut,
+    RefreshIn,
+    TokenOut,
+)
+from qlp.api.security import caller
+from qlp.auth.base import Principal, TokenPair
+from qlp.store.base import ApiKeyRecord
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+Caller = Annotated[Principal, Depends(caller)]
+Svc = Annotated[Service, Depends(service)]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _tokens(pair: TokenPair) -> TokenOut:
+    return TokenOut(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        token_type=pair.token_type,
+        expires_in=pair.expires_in,
+    )
+
+
+def _key(k: ApiKeyRecord) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=k.id,
+        name=k.name,
+        prefix=k.prefix,
+        created_at=k.created_at,
+        last_used_at=k.last_used_at,
+        revoked_at=k.revoked_at,
+    )
+
+
+@router.post("/login", name="auth.login", response_model=TokenOut)
+async def login(body: LoginIn, request: Request, svc: Svc) -> TokenOut:
+    # The audit row names who tried, whether or not it worked.
+    request.state.actor = body.username.strip().lower()[:64]
+    svc.limits.login(client_ip(request), body.username)
+    principal, pair = await svc.auth.login(
+        body.username,
+        body.password,
+        client_ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+    )
+    request.state.principal = principal
+    return _tokens(pair)
+
+
+@router.post("/refresh", name="auth.refresh", response_model=TokenOut)
+async def refresh(body: RefreshIn, request: Request, svc: Svc) -> TokenOut:
+    svc.limits.login(client_ip(request), "refresh")
+    pair = await svc.auth.refresh(
+        body.refresh_token,
+        client_ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+    )
+    return _tokens(pair)
+
+
+@router.post("/logout", name="auth.logout", status_code=204, response_class=Response)
+async def logout(principal: Caller, svc: Svc) -> Response:
+    await svc.auth.logout(principal)
+    return Response(status_code=204)
+
+
+@router.get("/me", name="auth.me", response_model=MeOut)
+async def me(principal: Caller) -> MeOut:
+    return MeOut(
+        id=principal.user_id,
+        username=principal.username,
+        role=principal.role.value,
+        via="api_key" if principal.api_key_id else "token",
+    )
+
+
+@router.post("/api-keys", name="apikey.create", status_code=201, response_model=ApiKeyCreatedOut)
+async def create_key(body: ApiKeyIn, principal: Caller, svc: Svc) -> ApiKeyCreatedOut:
+    record, key = await svc.auth.create_api_key(principal, body.name)
+    return ApiKeyCreatedOut(**_key(record).model_dump(), key=key)
+
+
+@router.get("/api-keys", name="apikey.list", response_model=list[ApiKeyOut])
+async def list_keys(principal: Caller, svc: Svc) -> list[ApiKeyOut]:
+    return [_key(k) for k in await svc.auth.list_api_keys(principal)]
+
+
+@router.delete("/api-keys/{key_id}", name="apikey.revoke", status_code=204, response_class=Response)
+async def revoke_key(key_id: str, request: Request, principal: Caller, svc: Svc) -> Response:
+    await svc.auth.revoke_api_key(principal, key_id[:64])
+    request.state.audit = {"key_id": key_id[:64]}
+    return Response(status_code=204)

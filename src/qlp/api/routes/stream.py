@@ -1,0 +1,126 @@
+"""GET /intents/{id}/stream (WebSocket): persisted events after `after`, then live ones.
+
+The subscription to the bus is taken before the backlog is read, so an event committed
+while the backlog is being sent is not missed; anything already sent (seq <= last) is
+dropped, and a gap (two transactions publishing out of order) is filled from the database.
+So a client reconnecting with the last seq it saw gets neither a gap nor a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from qlp.api.context import Service, ws_service
+from qlp.api.problems import classify
+from qlp.api.routes.intents import visible_intent
+from qlp.api.security import ws_caller
+from qlp.domain import events as ev
+from qlp.domain.events import Event
+from qlp.errors import QLPError
+
+router = APIRouter(tags=["intents"])
+
+# An intent in one of these states will not emit more events until someone acts on it.
+_FINAL_EVENTS = {ev.INTENT_COMPLETED, ev.INTENT_FAILED, ev.INTENT_CANCELLED, ev.INTENT_REJECTED}
+# A subscriber this far behind is dropped (close 1013); it reconnects with its last seq.
+MAX_BACKLOG = 10_000
+
+
+@router.websocket("/intents/{intent_id}/stream", name="intent.stream")
+async def stream(websocket: WebSocket, intent_id: str, after: int = 0) -> None:
+    svc = ws_service(websocket)
+    await websocket.accept()
+    try:
+        if after < 0:
+            raise QLPError("after: must be 0 or more")
+        principal = await ws_caller(websocket, svc)
+        intent = await visible_intent(svc, principal, intent_id)
+    except QLPError as exc:
+        status, code, _ = classify(exc)
+        status = 400 if status == 500 else status
+        await websocket.send_json({"type": "error", "code": code, "detail": exc.message})
+        await websocket.close(code=4000 + status, reason=code)
+        return
+    bus = svc.runtime.bus
+    queue = bus.subscribe(intent_id)
+    svc.metrics.websockets.inc()
+    try:
+        await _follow(websocket, svc, queue, intent_id, after, intent.status.is_terminal)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client went away
+    finally:
+        bus.unsubscribe(queue, intent_id)
+        svc.metrics.websockets.dec()
+
+
+async def _follow(
+    websocket: WebSocket,
+    svc: Service,
+    queue: asyncio.Queue[Event],
+    intent_id: str,
+    after: int,
+    final: bool,
+) -> None:
+    store = svc.runtime.store
+    last = after
+
+    async def send(events: list[Event]) -> bool:
+        nonlocal last
+        for e in events:
+            if e.seq <= last:
+                continue
+            if e.seq > last + 1:  # published out of order: fill from what is committed
+                for missing in await store.list_events(intent_id, last, e.seq - last - 1):
+                    await websocket.send_json({"event": "intent", **missing.as_dict()})
+                    last = missing.seq
+            await websocket.send_json({"event": "intent", **e.as_dict()})
+            last = e.seq
+            if e.type in _FINAL_EVENTS:
+                return True
+        return False
+
+    backlog = await store.list_events(intent_id, after)
+    ended = await send(backlog)
+    if (ended or final) and queue.empty():
+        await websocket.close(code=1000)
+        return
+    # Reading from the client tells us at once when it disconnects.
+    closed = asyncio.create_task(websocket.receive())
+    try:
+        while True:
+            if queue.qsize() > MAX_BACKLOG:
+                await websocket.close(code=1013, reason="too far behind; reconnect with after")
+                return
+            getting = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait(
+                {getting, closed},
+                timeout=svc.settings.stream_heartbeat_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            batch: list[Event] = []
+            if getting.done():
+                batch.append(getting.result())
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+            else:
+                getting.cancel()  # an item not yet taken stays in the queue
+            if closed in done:
+                message = closed.result()
+                if message["type"] == "websocket.disconnect":
+                    return
+                closed = asyncio.create_task(websocket.receive())  # client messages: ignored
+            if not done:
+                now = datetime.now(UTC).isoformat()
+                await websocket.send_json({"event": "heartbeat", "at": now, "last_seq": last})
+                continue
+            if await send(batch):
+                await websocket.close(code=1000)
+                return
+    finally:
+        closed.cancel()
+        with contextlib.suppress(BaseException):
+            await closed

@@ -1,0 +1,198 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from qlp.engine.pipeline import MAX_INTENT_CHARS
+
+MAX_OPTIONS_BYTES = 16 * 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- auth -----------------------------------------------------------------------------------
+class LoginIn(Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class RefreshIn(Strict):
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
+    expires_in: int
+
+
+class MeOut(BaseModel):
+    id: str
+    username: str
+    role: str
+    via: Literal["token", "api_key"]
+
+
+class ApiKeyIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key: str = Field(description="The key itself. Shown this once; only its hash is kept.")
+
+
+# -- intents --------------------------------------------------------------------------------
+class IntentIn(Strict):
+    text: str = Field(min_length=1, max_length=MAX_INTENT_CHARS)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Labels kept with the intent and shown back (at most 16 KiB as JSON).",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise ValueError("the intent must say what to build (and hold no NUL characters)")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        encoded = json.dumps(value, ensure_ascii=False)
+        if len(encoded.encode()) > MAX_OPTIONS_BYTES:
+            raise ValueError(f"options are larger than {MAX_OPTIONS_BYTES} bytes as JSON")
+        if "\\u0000" in encoded:
+            raise ValueError("options may not hold NUL characters")
+        return value
+
+
+class TaskOut(BaseModel):
+    id: str
+    type: str
+    title: str
+    status: str
+    dependencies: list[str]
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+class IntentSummary(BaseModel):
+    id: str
+    text: str
+    status: str
+    user_id: str | None
+    options: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cost_complete: bool = Field(description="False when some calls had no known price.")
+
+
+class IntentDetail(IntentSummary):
+    started_at: datetime | None
+    llm_calls: int
+    plan_summary: str | None
+    tasks: list[TaskOut]
+    scores: dict[str, Any] | None
+    review: dict[str, Any] | None
+    capsules: list[str]
+
+
+class IntentPage(BaseModel):
+    items: list[IntentSummary]
+    next_cursor: str | None
+
+
+class ReviewIn(Strict):
+    decision: Literal["approve", "reject", "request_changes"]
+    reason: str | None = Field(default=None, max_length=10_000)
+    tasks: list[str] = Field(default_factory=list, max_length=500)
+
+
+class FileOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+    task_id: str
+
+
+class EventOut(BaseModel):
+    seq: int
+    intent_id: str
+    type: str
+    at: datetime
+    payload: dict[str, Any]
+
+
+# -- capsules -------------------------------------------------------------------------------
+class CapsuleOut(BaseModel):
+    id: str
+    intent_id: str
+    version: int
+    parent: str | None
+    size: int
+    sha256: str
+    scores: dict[str, Any]
+    decision: dict[str, Any] | None
+    created_at: datetime
+
+
+class CapsulePage(BaseModel):
+    items: list[CapsuleOut]
+    next_cursor: str | None
+
+
+class PublicKeyOut(BaseModel):
+    key: str = Field(description="ed25519:<base64>, as `qlp keys show` prints it")
+    pem: str
+
+
+# -- system ---------------------------------------------------------------------------------
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+
+
+class AuditOut(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str | None
+    outcome: str
+    status_code: int | None
+    client_ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    details: dict[str, Any]
+    hash: str
