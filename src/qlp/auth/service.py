@@ -228,11 +228,13 @@ class AuthService:
     async def list_api_keys(self, principal: Principal) -> list[ApiKeyRecord]:
         return await self.users.list_api_keys(principal.user_id)
 
-    async def revoke_api_key(self, principal: Principal, key_id: str) -> None:
-        """Revoke one of the principal's keys (admins: anyone's). Another user's key is
-        NotFoundError for a non-admin, as if it did not exist."""
+    async def revoke_api_key(
+        self, principal: Principal, key_id: str, *, own_only: bool = False
+    ) -> None:
+        """Revoke one of the principal's keys (admins: anyone's, unless `own_only`). Another
+        user's key is NotFoundError for a non-admin, as if it did not exist."""
         owner = principal.user_id
-        if principal.is_admin:
+        if principal.is_admin and not own_only:
             record = await self.users.get_api_key(key_id)
             if record is not None:
                 owner = record.user_id

@@ -258,9 +258,15 @@ class AuditStore:
         async with self.store.autocommit.connect() as conn:
             return [_record(r) for r in await conn.execute(query)]
 
-    async def latest(self, limit: int = 100) -> builtins.list[AuditRecord]:
-        """The newest `limit` rows, oldest first."""
+    async def latest(
+        self, limit: int = 100, actor: str | None = None, action: str | None = None
+    ) -> builtins.list[AuditRecord]:
+        """The newest `limit` rows (of this actor and action, when given), oldest first."""
         query = select(t.audit_log).order_by(t.audit_log.c.seq.desc()).limit(max(1, limit))
+        if actor is not None:
+            query = query.where(t.audit_log.c.actor == actor)
+        if action is not None:
+            query = query.where(t.audit_log.c.action == action)
         async with self.store.autocommit.connect() as conn:
             rows = [_record(r) for r in await conn.execute(query)]
         return rows[::-1]
