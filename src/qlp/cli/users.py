@@ -17,15 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from qlp.auth.base import Role
-from qlp.auth.secrets import load_signing_keys
 from qlp.auth.service import AuthService
-from qlp.auth.tokens import TokenService
 from qlp.cli.common import console, err_console, handle_errors, print_json, settings
-from qlp.engine.wiring import Runtime, make_secret_provider, open_runtime
+from qlp.engine.wiring import Runtime, make_auth, open_runtime
 from qlp.errors import UserInputError
 from qlp.store.audit import AuditEntry, AuditStore
 from qlp.store.base import ApiKeyRecord, UserRecord
-from qlp.store.users import UserStore
 
 app = typer.Typer(help="Users of `qlp serve` and their API keys.", no_args_is_help=True)
 apikey_app = typer.Typer(help="A user's API keys (for scripts and CI).", no_args_is_help=True)
@@ -35,13 +32,6 @@ UserArg = Annotated[
     str, typer.Argument(help="The username.", metavar="USERNAME", show_default=False)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _auth(rt: Runtime) -> AuthService:
-    cfg = rt.settings
-    keys = load_signing_keys(make_secret_provider(cfg), cfg.home)
-    tokens = TokenService(keys, cfg.access_token_ttl_s)
-    return AuthService(UserStore(rt.store), tokens, cfg.refresh_token_ttl_s)
 
 
 async def _audit(rt: Runtime, action: str, resource: str, **details: Any) -> None:
@@ -61,7 +51,7 @@ def _run(fn: Callable[[Runtime, AuthService], Awaitable[int]]) -> int:
 
     async def main() -> int:
         async with open_runtime(cfg) as rt:
-            return await fn(rt, _auth(rt))
+            return await fn(rt, make_auth(rt.settings, rt.store))
 
     return asyncio.run(main())
 
