@@ -24,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 from qlp.auth.base import Role
 from qlp.config import Settings
 from qlp.engine.wiring import make_auth, open_runtime
+from qlp.errors import ConflictError
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"
@@ -118,7 +119,9 @@ class ApiServer:
         async def create() -> None:
             settings = self.settings()
             async with open_runtime(settings) as rt:
-                await make_auth(settings, rt.store).create_user(username, password, Role(role))
+                # Servers of one test module share its database: a user may exist already.
+                with contextlib.suppress(ConflictError):
+                    await make_auth(settings, rt.store).create_user(username, password, Role(role))
 
         asyncio.run(create())
 

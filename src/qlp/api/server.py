@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import uvicorn
 
 from qlp.api.app import create_app
@@ -31,6 +34,15 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once it has shut down
+    # (into the handler that was there before). A finished graceful shutdown is a normal
+    # exit, so that handler does nothing and the process exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     server.run()
     if server.started is False and not server.should_exit:
         raise UserInputError(f"could not serve on {host}:{port} (see the lines above)")
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    return None

@@ -1,0 +1,249 @@
+"""Attacks on the service, each against a real `qlp serve` on 127.0.0.1 and each expected
+to fail: reading or acting on another member's intent, a viewer writing, expired, forged,
+unsigned and wrong-algorithm tokens, refresh-token reuse, revoked API keys, password
+guessing, oversize bodies, path traversal, and WebSocket access without the right."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from qlp.auth.secrets import jwt_key_file
+from qlp.auth.tokens import SigningKeys, TokenService
+from tests.api_support import ApiServer, read_stream, running, server_env
+from tests.fakes.llm_server import FakeLLMServer
+from tests.integration.api.conftest import PASSWORD, api, llm  # noqa: F401 (fixtures)
+
+PROBLEM = "application/problem+json"
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def _claims_of(token: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+@pytest.fixture(scope="module")
+def anns_intent(api: ApiServer) -> str:  # noqa: F811
+    token = api.token("ann", PASSWORD)
+    with api.client(token) as c:
+        intent_id = str(c.post("/intents", json={"text": "ann's secret project"}).json()["id"])
+    api.wait_status(token, intent_id, {"completed"})
+    return intent_id
+
+
+def test_member_cannot_read_or_act_on_another_members_intent(
+    api: ApiServer,  # noqa: F811
+    anns_intent: str,
+) -> None:
+    bob = api.token("bob", PASSWORD)
+    with api.client(bob) as c:
+        for path in ("", "/files", "/events", "/files/out/QL-DEV-001.txt"):
+            r = c.get(f"/intents/{anns_intent}{path}")
+            # Same answer as for an id that does not exist: nothing to probe.
+            assert r.status_code == 404, (path, r.text)
+            assert r.headers["content-type"] == PROBLEM
+            assert "secret" not in r.text
+        for action in ("cancel", "resume"):
+            assert c.post(f"/intents/{anns_intent}/{action}").status_code == 404
+        r = c.post(f"/intents/{anns_intent}/review", json={"decision": "approve"})
+        assert r.status_code == 404
+        assert anns_intent not in c.get("/intents").text
+        assert anns_intent not in c.get("/capsules").text
+    with api.stream(anns_intent, bob) as ws:
+        first = json.loads(ws.recv(timeout=10))
+        assert first["type"] == "error" and first["code"] == "not_found"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+    # The owner still sees it.
+    with api.client(api.token("ann", PASSWORD)) as c:
+        assert c.get(f"/intents/{anns_intent}").status_code == 200
+
+
+def test_viewer_reads_but_cannot_write(api: ApiServer, anns_intent: str) -> None:  # noqa: F811
+    vic = api.token("vic", PASSWORD)
+    with api.client(vic) as c:
+        r = c.post("/intents", json={"text": "let me in"})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        assert c.post(f"/intents/{anns_intent}/cancel").status_code == 403
+        assert c.get(f"/intents/{anns_intent}").status_code == 200
+        assert "let me in" not in c.get("/intents", params={"q": "let me in"}).text
+
+
+def test_expired_token_is_refused(api: ApiServer) -> None:  # noqa: F811
+    real = api.token("ann", PASSWORD)
+    claims = _claims_of(real)
+    keys = SigningKeys.parse(jwt_key_file(api.home).read_text().strip())
+    # Properly signed with the server's own key, for a live session, but an hour old.
+    old = TokenService(keys, 60, clock=lambda: time.time() - 3600)
+    expired, _ = old.issue_access(str(claims["sub"]), "member", str(claims["sid"]))
+    with api.client(expired) as c:
+        r = c.get("/auth/me")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    with api.client(real) as c:
+        assert c.get("/auth/me").json()["username"] == "ann"
+
+
+def test_forged_unsigned_and_wrong_algorithm_tokens_are_refused(api: ApiServer) -> None:  # noqa: F811
+    real = api.token("ann", PASSWORD)
+    claims = _claims_of(real)
+    header = jwt.get_unverified_header(real)
+    forged = {**claims, "sub": claims["sub"], "role": "admin"}
+    attempts = {
+        "other key": jwt.encode(forged, "x" * 48, algorithm="HS256", headers=header),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': header['kid']})}.{_b64(forged)}.",
+        "alg HS512": jwt.encode(forged, "x" * 64, algorithm="HS512", headers=header),
+        "tampered payload": ".".join([real.split(".")[0], _b64(forged), real.split(".")[2]]),
+        "unknown kid": jwt.encode(forged, "x" * 48, algorithm="HS256", headers={"kid": "k0"}),
+        "garbage": "not-a-token",
+    }
+    for what, token in attempts.items():
+        with api.client(token) as c:
+            r = c.get("/audit")
+        assert r.status_code == 401, what
+        assert r.json()["code"] == "unauthorized"
+
+
+def test_reused_refresh_token_revokes_the_whole_login(api: ApiServer) -> None:  # noqa: F811
+    first = api.login("bob", PASSWORD)
+    with api.client() as c:
+        r = c.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert r.status_code == 200
+        second = r.json()
+        assert second["refresh_token"] != first["refresh_token"]
+        # A thief replays the first (already rotated) refresh token.
+        stolen = c.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert stolen.status_code == 401
+        # The whole family is revoked: the legitimate newer tokens stop working too.
+        again = c.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        assert again.status_code == 401
+    with api.client(second["access_token"]) as c:
+        assert c.get("/auth/me").status_code == 401
+
+
+def test_logout_ends_the_session_at_once(api: ApiServer) -> None:  # noqa: F811
+    pair = api.login("bob", PASSWORD)
+    with api.client(pair["access_token"]) as c:
+        assert c.post("/auth/logout").status_code == 204
+        assert c.get("/auth/me").status_code == 401
+    with api.client() as c:
+        r = c.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 401
+
+
+def test_revoked_api_key_is_refused(api: ApiServer) -> None:  # noqa: F811
+    with api.client(api.token("bob", PASSWORD)) as c:
+        created = c.post("/auth/api-keys", json={"name": "ci"})
+        assert created.status_code == 201
+        key, key_id = created.json()["key"], created.json()["id"]
+        listed = c.get("/auth/api-keys").json()
+        assert [k["id"] for k in listed if k["id"] == key_id] == [key_id]
+        assert all("key" not in k for k in listed)  # shown once, never again
+    with api.client(key) as c:
+        assert c.get("/auth/me").json()["via"] == "api_key"
+    with api.client(api.token("ann", PASSWORD)) as c:  # another member cannot revoke it
+        assert c.delete(f"/auth/api-keys/{key_id}").status_code == 404
+    with api.client(key) as c:
+        assert c.get("/auth/me").status_code == 200
+    with api.client(api.token("bob", PASSWORD)) as c:
+        assert c.delete(f"/auth/api-keys/{key_id}").status_code == 204
+    with api.client(key) as c:
+        assert c.get("/auth/me").status_code == 401
+
+
+def test_oversize_body_is_refused_without_reading_it(api: ApiServer) -> None:  # noqa: F811
+    with api.client(api.token("ann", PASSWORD)) as c:
+        big = json.dumps({"text": "x" * (2 * 1024 * 1024)})
+        r = c.post("/intents", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+            yield b'{"text": "'
+            for _ in range(40):
+                yield b"y" * 65536
+            yield b'"}'
+
+        r = c.post("/intents", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+def test_path_traversal_in_files_is_refused(
+    api: ApiServer,  # noqa: F811
+    anns_intent: str,
+    tmp_path: Path,
+) -> None:
+    token = api.token("ann", PASSWORD)
+    detail = None
+    with api.client(token) as c:
+        detail = c.get(f"/intents/{anns_intent}").json()
+        assert detail["status"] == "completed"
+    workspace = api.home / "workspaces" / anns_intent
+    # A planted link inside the workspace must not be followed either.
+    (workspace / "out" / "link.txt").symlink_to("/etc/passwd")
+    base = f"{api.base}/api/v1/intents/{anns_intent}/files/"
+    attempts = [
+        "../../../../etc/passwd",
+        "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "out/../../../../etc/passwd",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "out/link.txt",
+        "out%00/QL-DEV-001.txt",
+    ]
+    for attempt in attempts:
+        # Sent raw (httpx would normalise the dots away before they reach the server).
+        r = httpx.get(base + attempt, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (400, 404), (attempt, r.status_code)
+        assert "root:" not in r.text
+
+
+def test_websocket_without_or_with_a_bad_token_is_closed(
+    api: ApiServer,  # noqa: F811
+    anns_intent: str,
+) -> None:
+    from websockets.sync.client import connect
+
+    url = f"ws://127.0.0.1:{api.port}/api/v1/intents/{anns_intent}/stream"
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        with connect(url, additional_headers=headers) as ws:
+            assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
+            assert read_stream(ws) == []
+        assert ws.close_code == 4401
+
+
+@pytest.fixture
+def strict_server(tmp_path: Path, db_url: str) -> Iterator[ApiServer]:
+    with FakeLLMServer({"responses": []}) as fake:
+        env = server_env(tmp_path, db_url, fake.base_url, QLP_LOGIN_RATE_PER_MINUTE="5")
+        server = ApiServer(env, cwd=tmp_path)
+        server.create_user("carol", PASSWORD, "member")
+        with running(server):
+            yield server
+
+
+def test_password_guessing_is_rate_limited(strict_server: ApiServer) -> None:
+    codes = []
+    with strict_server.client() as c:
+        for i in range(8):
+            r = c.post("/auth/login", json={"username": "carol", "password": f"guess-{i}"})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["code"] == "rate_limited"
+        # Even the right password is refused while the limit holds.
+        r = c.post("/auth/login", json={"username": "carol", "password": PASSWORD})
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    assert r.status_code == 429
