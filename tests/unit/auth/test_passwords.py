@@ -42,20 +42,24 @@ def test_policy_length_limits() -> None:
         check_password_policy(" " * 12)
 
 
-def test_dummy_verification_takes_as_long_as_a_real_one() -> None:
+def test_dummy_verification_does_the_same_work_as_a_real_one() -> None:
+    from argon2 import extract_parameters
+
+    from qlp.auth import passwords
+
     stored = hash_password("the real password")
     verify_dummy("warm the cache")
+    # Same argon2 parameters as a real hash, so the same memory and passes...
+    assert extract_parameters(passwords._dummy_hash()) == extract_parameters(stored)
 
-    def timed(fn: object, *args: str) -> float:
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            fn(*args)  # type: ignore[operator]
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    real = timed(verify_password, stored, "a wrong password")
-    dummy = timed(verify_dummy, "a wrong password")
-    # Same argon2 parameters, same work: within a factor that noise cannot explain away.
-    assert dummy > real * 0.5
-    assert dummy < real * 2.0
+    # ... and it really runs: a skipped check would be thousands of times faster. Timed
+    # interleaved, best of five, with a wide margin: other processes share the CPU.
+    real, dummy = float("inf"), float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        verify_password(stored, "a wrong password")
+        real = min(real, time.perf_counter() - start)
+        start = time.perf_counter()
+        verify_dummy("a wrong password")
+        dummy = min(dummy, time.perf_counter() - start)
+    assert dummy > real / 4, (dummy, real)
