@@ -7,14 +7,17 @@ process that dies at any point leaves the database describing exactly what had h
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -58,6 +61,7 @@ class Store:
         # the BEGIN/COMMIT round trips (see statements.py).
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sink = sink or _no_sink
+        self._hot = _GroupCommit(self.autocommit)
 
     def set_sink(self, sink: EventSink) -> None:
         self._sink = sink
@@ -128,12 +132,15 @@ class Store:
         await self.publish(events)
         return events[0]
 
-    async def list_events(self, intent_id: str, after_seq: int = 0) -> list[Event]:
+    async def list_events(
+        self, intent_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
         async with self.autocommit.connect() as conn:
             rows = await conn.execute(
                 select(t.events)
                 .where(t.events.c.intent_id == intent_id, t.events.c.seq > after_seq)
                 .order_by(t.events.c.seq)
+                .limit(limit)
             )
             return [
                 Event(seq=r.seq, intent_id=r.intent_id, type=r.type, at=r.at, payload=r.payload)
@@ -373,9 +380,9 @@ class Store:
             "clock": clock,
             "files": json.dumps(list(files)),
         }
-        async with self.autocommit.connect() as conn:
-            row = (await conn.exec_driver_sql(st.MOVE_TASKS, params)).one()
-            if not row.ok:
+        row = await self._hot.run(st.MOVE_TASKS, params)
+        if row is None or not row.ok:
+            async with self.autocommit.connect() as conn:
                 await self._explain_refused_move(conn, intent_id, task_ids, status)
         events = self._events(intent_id, pending, row.event_seq, now)
         await self.publish(events)
@@ -431,8 +438,7 @@ class Store:
             "latency_ms": record.latency_s * 1000.0,
             "attempts": response.attempts if response else 1,
         }
-        async with self.autocommit.connect() as conn:
-            row = (await conn.exec_driver_sql(st.RECORD_CALL, params)).one_or_none()
+        row = await self._hot.run(st.RECORD_CALL, params)
         if row is None:
             raise NotFoundError(f"no intent with id {intent_id}")
         await self.publish(self._events(intent_id, pending, row.event_seq, now))
@@ -518,6 +524,98 @@ class Store:
                 for p, sha, size in written
             ],
         )
+
+
+_Pending = tuple[str, dict[str, Any], "asyncio.Future[Any]"]
+
+
+class _GroupCommit:
+    """Runs the hot-path statements, committing those that arrive together in ONE transaction.
+
+    When a wave of tasks finishes at once, each task's statement used to be its own commit:
+    every one took the intents row lock (event counter, totals) and held it through its own
+    WAL flush, so they went one after another, each also costing the busy event loop a few
+    turns. Here a single flusher takes everything queued while the previous batch was being
+    committed and sends it as one transaction in one round trip (psycopg pipeline mode):
+    one row lock, one WAL flush. A lone statement is sent at once, in autocommit. Callers
+    still return only after their statement is committed; statements commit in the order
+    they were queued.
+
+    If a statement of a batch fails, the batch is rolled back and its statements are run
+    again one by one, so the error reaches its own caller only and the others still commit.
+    Rows come back as named tuples (the statements' column names).
+    """
+
+    def __init__(self, autocommit: AsyncEngine) -> None:
+        self._autocommit = autocommit
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def run(self, sql: str, params: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((sql, params, future))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            self._flusher = loop.create_task(self._flush())
+        # A cancelled caller does not cancel the batch: its statement may still commit,
+        # exactly as a statement already sent to the server would have.
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                async with self._autocommit.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    pg = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
+                    if len(batch) > 1:
+                        try:
+                            rows = await _in_one_transaction(pg, batch)
+                        except psycopg.OperationalError as exc:
+                            # The connection broke: the commit may or may not have happened,
+                            # so the statements must not be run a second time.
+                            await conn.invalidate()
+                            _fail(batch, exc)
+                            continue
+                        except psycopg.Error:
+                            pass  # one statement failed: the others must still commit
+                        else:
+                            for (_, _, future), row in zip(batch, rows, strict=True):
+                                if not future.done():
+                                    future.set_result(row)
+                            continue
+                    for sql, params, future in batch:
+                        try:
+                            cur = await pg.cursor(row_factory=namedtuple_row).execute(sql, params)
+                            row = await cur.fetchone()
+                        except psycopg.Error as exc:
+                            if not future.done():
+                                future.set_exception(exc)
+                        else:
+                            if not future.done():
+                                future.set_result(row)
+        except BaseException as exc:
+            _fail([*batch, *self._queue], exc)
+            self._queue = []
+            raise
+
+
+async def _in_one_transaction(pg: psycopg.AsyncConnection[Any], batch: list[_Pending]) -> list[Any]:
+    cursors = []
+    async with pg.pipeline(), pg.transaction():
+        for sql, params, _ in batch:
+            cur = pg.cursor(row_factory=namedtuple_row)
+            await cur.execute(sql, params)
+            cursors.append(cur)
+    return [await cur.fetchone() for cur in cursors]
+
+
+def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _intent(r: Row[Any]) -> IntentRecord:
