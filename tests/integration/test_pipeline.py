@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.support import (
     PLAN_WHEN,
     dag_script,
     files_answer,
+    outcome,
     plan_answer,
     plan_task,
     run_intent,
@@ -377,3 +379,91 @@ async def test_unknown_model_price_is_recorded_as_unknown(qlp_home: Path, db_url
     assert not out.intent.cost_known
     assert json.dumps(calls[0].request)  # the request is kept whole
     assert calls[0].response is not None
+
+
+async def test_statements_arriving_together_commit_together_a_bad_one_fails_alone(
+    qlp_home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qlp.domain import events as ev
+    from qlp.domain.plan import Plan
+    from qlp.llm.base import CallRecord, LLMRequest, Message
+    from qlp.store import repository
+
+    batches: list[int] = []
+    real = repository._in_one_transaction
+
+    async def spy(pg: Any, batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return await real(pg, batch)
+
+    monkeypatch.setattr(repository, "_in_one_transaction", spy)
+    ids = [f"QL-DEV-{n:03d}" for n in range(1, 9)]
+    plan = Plan.model_validate({"tasks": [plan_task(t) for t in ids]})
+    async with scenario(qlp_home, db_url, []) as (rt, _):
+        store = rt.store
+        intent = await rt.pipeline().submit("group commit")
+        await store.set_intent_status(
+            intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
+        )
+        await store.save_plan(intent.id, plan, ids)
+        # A call record of an intent that does not exist breaks the foreign key.
+        orphan = CallRecord(
+            request=LLMRequest(messages=(Message("user", "hi"),)),
+            response=None,
+            error="boom",
+            provider="openai",
+            model="m",
+            latency_s=0.1,
+        )
+        results = await asyncio.gather(
+            *(
+                store.set_task_status(intent.id, t, TaskStatus.RUNNING, event_type="task.started")
+                for t in ids[:4]
+            ),
+            store.record_llm_call("QLI-NOPE", None, orphan),
+            *(
+                store.set_task_status(intent.id, t, TaskStatus.RUNNING, event_type="task.started")
+                for t in ids[4:]
+            ),
+            return_exceptions=True,
+        )
+        out = await outcome(rt, intent.id)
+    # All nine were queued together and tried as one transaction; the bad one failed it,
+    # so each was run alone: only the bad one raised, the eight moves committed.
+    assert batches == [9]
+    assert isinstance(results[4], Exception) and "foreign key" in str(results[4])
+    started = [r for r in results if not isinstance(r, BaseException)]
+    assert len(started) == 8
+    assert all(t.status == TaskStatus.RUNNING for t in out.tasks.values())
+    assert [e.seq for e in out.events] == list(range(1, len(out.events) + 1))
+    assert sorted(e.seq for e in started) == [e.seq for e in out.events if e.type == "task.started"]
+
+
+async def test_batched_statements_each_get_their_own_result(qlp_home: Path, db_url: str) -> None:
+    from qlp.domain import events as ev
+    from qlp.domain.plan import Plan
+
+    ids = [f"QL-DEV-{n:03d}" for n in range(1, 7)]
+    plan = Plan.model_validate({"tasks": [plan_task(t) for t in ids]})
+    async with scenario(qlp_home, db_url, []) as (rt, _):
+        store = rt.store
+        intent = await rt.pipeline().submit("group commit")
+        await store.set_intent_status(
+            intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
+        )
+        await store.save_plan(intent.id, plan, ids)
+        # One move is refused (a pending task cannot succeed): it fails alone, with the reason.
+        results = await asyncio.gather(
+            *(
+                store.set_task_status(intent.id, t, TaskStatus.RUNNING, event_type="task.started")
+                for t in ids[:5]
+            ),
+            store.set_task_status(intent.id, ids[5], TaskStatus.SUCCEEDED, event_type="x"),
+            return_exceptions=True,
+        )
+        out = await outcome(rt, intent.id)
+    assert all(not isinstance(r, BaseException) for r in results[:5])
+    assert isinstance(results[5], Exception)
+    assert "pending" in str(results[5])
+    assert [out.tasks[t].status for t in ids] == [TaskStatus.RUNNING] * 5 + [TaskStatus.PENDING]
+    assert [e.seq for e in out.events] == list(range(1, len(out.events) + 1))
