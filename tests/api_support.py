@@ -156,14 +156,19 @@ class ApiServer:
         raise AssertionError(f"intent {intent_id} never reached {statuses}: {body}")
 
 
-def read_stream(ws: Any, count: int | None = None) -> list[dict[str, Any]]:
-    """Events (heartbeats dropped) until the server closes the stream or `count` arrived."""
+def read_stream(
+    ws: Any, count: int | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    """Events (heartbeats dropped) until the server closes the stream, `count` arrived, or
+    an event of type `until` arrived."""
     out: list[dict[str, Any]] = []
     with contextlib.suppress(ConnectionClosed):
         while count is None or len(out) < count:
             message = json.loads(ws.recv(timeout=120))
             if message.get("event") == "intent":
                 out.append(message)
+                if message["type"] == until:
+                    break
     return out
 
 
