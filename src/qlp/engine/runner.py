@@ -97,9 +97,7 @@ class IntentRunner:
         self._workers = []
 
     # -- actions ------------------------------------------------------------------------
-    async def submit(
-        self, text: str, *, options: dict[str, Any], user_id: str
-    ) -> IntentRecord:
+    async def submit(self, text: str, *, options: dict[str, Any], user_id: str) -> IntentRecord:
         if not self.accepting:
             raise ConflictError("the server is shutting down; submit again in a moment")
         lock = self._user_locks.setdefault(user_id, asyncio.Lock())
