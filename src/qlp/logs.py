@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -22,6 +24,30 @@ _MAX_FIELD = 200
 
 _STATE = {"events": False}
 
+# Field names whose values never reach a log line, whoever logs them.
+# ("input_tokens" is a count and stays; "token", "access_token" are secrets.)
+_SECRET_KEY = re.compile(r"password|secret|authorization|api_?key|cookie|(^|_)token$", re.I)
+REDACTED = "[redacted]"
+
+
+def _is_secret(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if _is_secret(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    """structlog processor: secret-named fields (at any depth) are replaced."""
+    return {
+        k: REDACTED if _is_secret(k) and k != "event" else redact(v) for k, v in event_dict.items()
+    }
+
 
 def configure(level: str, fmt: str) -> None:
     # Events are logged at info; below that level the sink skips building their fields.
@@ -33,6 +59,8 @@ def configure(level: str, fmt: str) -> None:
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # request_id, user_id of the request
+            redact_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
