@@ -41,9 +41,12 @@ def make_exporter(settings: Settings) -> SpanExporter | None:
     return None
 
 
-def instrument(app: FastAPI, settings: Settings) -> TracerProvider | None:
-    """Trace every request of `app`; returns the provider (shut down on exit) or None."""
-    exporter = make_exporter(settings)
+def instrument(
+    app: FastAPI, settings: Settings, exporter: SpanExporter | None = None
+) -> TracerProvider | None:
+    """Trace every request of `app`; returns the provider (shut down on exit) or None.
+    `exporter` replaces the configured one (tests)."""
+    exporter = exporter or make_exporter(settings)
     if exporter is None:
         return None
     provider = TracerProvider(
