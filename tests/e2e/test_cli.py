@@ -399,6 +399,11 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     again = qlp("review", "approve", intent_id, env=env, cwd=tmp_path)
     assert again.returncode == 2
     assert "not waiting for review" in again.stderr
+    # The decision is in the audit log (the refused ones changed nothing and are not).
+    audit = json.loads(qlp("audit", "list", "--json", env=env, cwd=tmp_path).stdout)
+    decisions = [r for r in audit if r["action"].startswith("review.")]
+    assert [(r["action"], r["resource"]) for r in decisions] == [("review.reject", intent_id)]
+    assert decisions[0]["actor"].startswith("cli:")
 
 
 def test_sandbox_commands_from_the_qlp_entry_point(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -12,7 +13,9 @@ import typer
 from rich.console import Console
 
 from qlp.config import Settings, load_settings
+from qlp.engine.wiring import Runtime
 from qlp.errors import QLPError
+from qlp.store.audit import AuditEntry, AuditStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,6 +29,19 @@ STATE: dict[str, Any] = {"debug": False}
 
 def settings(**overrides: Any) -> Settings:
     return load_settings(**overrides)
+
+
+async def audit_cli_action(rt: Runtime, action: str, resource: str, **details: Any) -> None:
+    """An audit row for a change made from the command line, as actor `cli:<login name>`."""
+    await AuditStore(rt.store).append(
+        AuditEntry(
+            actor=f"cli:{getpass.getuser()}",
+            action=action,
+            outcome="success",
+            resource=resource,
+            details=details,
+        )
+    )
 
 
 def print_json(data: Any) -> None:

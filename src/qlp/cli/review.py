@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from qlp.cli import render
-from qlp.cli.common import console, handle_errors, print_json, settings
+from qlp.cli.common import audit_cli_action, console, handle_errors, print_json, settings
 from qlp.cli.views import exit_code, intent_document, print_intent
 from qlp.domain.states import IntentStatus
 from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
@@ -196,8 +196,19 @@ def _decide(
         intent = await rt.store.find_intent(intent_id)
         pipeline = rt.pipeline(need_llm=decision == "request_changes")
         final = await pipeline.decide(
-            intent.id, decision, actor=by or getpass.getuser(), reason=reason, tasks=tasks
+            intent.id,
+            decision,
+            actor=by or getpass.getuser(),
+            reason=reason,
+            tasks=tasks,
+            run_after=False,
         )
+        # Recorded before the (possibly long) packaging or re-run that follows.
+        await audit_cli_action(
+            rt, f"review.{decision}", intent.id, by=by or getpass.getuser(), tasks=tasks
+        )
+        if final.status in (IntentStatus.PACKAGING, IntentStatus.EXECUTING):
+            final = await pipeline.run(intent.id)
         if as_json:
             print_json(await intent_document(rt, final))
         else:

@@ -18,10 +18,16 @@ from rich.table import Table
 
 from qlp.auth.base import Role
 from qlp.auth.service import AuthService
-from qlp.cli.common import console, err_console, handle_errors, print_json, settings
+from qlp.cli.common import (
+    audit_cli_action,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
 from qlp.engine.wiring import Runtime, make_auth, open_runtime
 from qlp.errors import UserInputError
-from qlp.store.audit import AuditEntry, AuditStore
 from qlp.store.base import ApiKeyRecord, UserRecord
 
 app = typer.Typer(help="Users of `qlp serve` and their API keys.", no_args_is_help=True)
@@ -32,18 +38,6 @@ UserArg = Annotated[
     str, typer.Argument(help="The username.", metavar="USERNAME", show_default=False)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-async def _audit(rt: Runtime, action: str, resource: str, **details: Any) -> None:
-    await AuditStore(rt.store).append(
-        AuditEntry(
-            actor=f"cli:{getpass.getuser()}",
-            action=action,
-            outcome="success",
-            resource=resource,
-            details=details,
-        )
-    )
 
 
 def _run(fn: Callable[[Runtime, AuthService], Awaitable[int]]) -> int:
@@ -107,7 +101,7 @@ def user_create(
 
     async def go(rt: Runtime, auth: AuthService) -> int:
         user = await auth.create_user(username, password, role)
-        await _audit(rt, "user.create", user.id, username=user.username, role=user.role)
+        await audit_cli_action(rt, "user.create", user.id, username=user.username, role=user.role)
         if as_json:
             print_json(_user_json(user))
         else:
@@ -150,7 +144,7 @@ def _set_disabled(username: str, disabled: bool) -> int:
         user = await auth.user_by_name(username)
         await auth.users.set_disabled(user.id, disabled)
         action = "user.disable" if disabled else "user.enable"
-        await _audit(rt, action, user.id, username=user.username)
+        await audit_cli_action(rt, action, user.id, username=user.username)
         state = "disabled: its tokens and keys stop working" if disabled else "enabled"
         console.print(f"user {user.username} {state}")
         return 0
@@ -180,7 +174,9 @@ def apikey_create(
     async def go(rt: Runtime, auth: AuthService) -> int:
         principal = await auth.principal_for(username)
         record, key = await auth.create_api_key(principal, name)
-        await _audit(rt, "apikey.create", record.id, username=principal.username, name=name)
+        await audit_cli_action(
+            rt, "apikey.create", record.id, username=principal.username, name=name
+        )
         if as_json:
             print_json({**_key_json(record), "key": key})
             return 0
@@ -235,7 +231,7 @@ def apikey_revoke(
         principal = await auth.principal_for(username)
         # The key must be this user's, even when the user is an admin.
         await auth.revoke_api_key(principal, key_id, own_only=True)
-        await _audit(rt, "apikey.revoke", key_id, username=principal.username)
+        await audit_cli_action(rt, "apikey.revoke", key_id, username=principal.username)
         console.print(f"API key {key_id} of {principal.username} revoked")
         return 0
 
