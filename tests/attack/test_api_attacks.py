@@ -227,7 +227,13 @@ def test_websocket_without_or_with_a_bad_token_is_closed(
 @pytest.fixture
 def strict_server(tmp_path: Path, db_url: str) -> Iterator[ApiServer]:
     with FakeLLMServer({"responses": []}) as fake:
-        env = server_env(tmp_path, db_url, fake.base_url, QLP_LOGIN_RATE_PER_MINUTE="5")
+        env = server_env(
+            tmp_path,
+            db_url,
+            fake.base_url,
+            QLP_LOGIN_RATE_PER_MINUTE="5",
+            QLP_SUBMIT_RATE_PER_MINUTE="3",
+        )
         server = ApiServer(env, cwd=tmp_path)
         server.create_user("carol", PASSWORD, "member")
         with running(server):
@@ -247,3 +253,12 @@ def test_password_guessing_is_rate_limited(strict_server: ApiServer) -> None:
         r = c.post("/auth/login", json={"username": "carol", "password": PASSWORD})
     assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
     assert r.status_code == 429
+
+
+def test_submission_flood_is_rate_limited(strict_server: ApiServer) -> None:
+    token = strict_server.token("carol", PASSWORD)
+    with strict_server.client(token) as c:
+        codes = [c.post("/intents", json={"text": f"flood {i}"}).status_code for i in range(5)]
+        listed = c.get("/intents", params={"q": "flood"}).json()["items"]
+    assert codes == [202, 202, 202, 429, 429]
+    assert len(listed) == 3  # nothing was stored for the refused ones

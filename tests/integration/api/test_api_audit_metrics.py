@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.api_support import ApiServer
+from tests.api_support import ApiServer, running, server_env
 from tests.integration.api.conftest import PASSWORD
 
 
@@ -86,3 +87,27 @@ def test_metrics_count_requests_intents_tasks_and_tokens(api: ApiServer) -> None
     assert value('qlp_task_duration_seconds_count{outcome="succeeded",type="codegen"}') >= 1
     assert value('qlp_llm_tokens_total{direction="output",model="gpt-4o-mini"}') > 0
     assert value("qlp_queue_depth") == 0
+
+
+def test_health_and_readiness_say_what_they_checked(api: ApiServer) -> None:
+    with api.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert checks["database"] == "ok" and checks["storage"] == "ok" and checks["llm"] == "ok"
+    assert checks["runner"] == "ok" and checks["sandbox"].startswith("off")  # QLP_VALIDATE=false
+
+
+def test_without_a_model_the_server_is_not_ready_and_says_why(tmp_path: Path, db_url: str) -> None:
+    server = ApiServer(server_env(tmp_path, db_url, None), cwd=tmp_path)
+    server.create_user("nomodel", PASSWORD, "member")
+    with running(server):
+        with server.client() as c:
+            ready = c.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["llm"].startswith("not configured")
+        with server.client(server.token("nomodel", PASSWORD)) as c:
+            r = c.post("/intents", json={"text": "anything"})
+    assert r.status_code == 503 and r.json()["code"] == "misconfigured"
+    assert "QLP_LLM_PROVIDER" in r.json()["detail"]
