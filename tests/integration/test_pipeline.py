@@ -467,3 +467,34 @@ async def test_batched_statements_each_get_their_own_result(qlp_home: Path, db_u
     assert "pending" in str(results[5])
     assert [out.tasks[t].status for t in ids] == [TaskStatus.RUNNING] * 5 + [TaskStatus.PENDING]
     assert [e.seq for e in out.events] == list(range(1, len(out.events) + 1))
+
+
+async def test_saving_a_plan_again_replaces_its_tasks_and_a_refused_one_says_why(
+    qlp_home: Path, db_url: str
+) -> None:
+    from qlp.domain import events as ev
+    from qlp.domain.plan import Plan
+    from qlp.domain.states import TransitionError
+
+    first = Plan.model_validate({"tasks": [plan_task("QL-DEV-001"), plan_task("QL-DEV-002")]})
+    second = Plan.model_validate({"tasks": [plan_task("QL-DOC-001")]})
+    async with scenario(qlp_home, db_url, []) as (rt, _):
+        store = rt.store
+        intent = await rt.pipeline().submit("plans")
+        await store.set_intent_status(
+            intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
+        )
+        await store.save_plan(intent.id, first, ["QL-DEV-001", "QL-DEV-002"])
+        assert [t.id for t in await store.get_tasks(intent.id)] == ["QL-DEV-001", "QL-DEV-002"]
+        # Tasks already there: the plan and its tasks are replaced (the transaction path).
+        await store.save_plan(intent.id, second, ["QL-DOC-001"])
+        assert [t.id for t in await store.get_tasks(intent.id)] == ["QL-DOC-001"]
+        await store.set_intent_status(
+            intent.id, IntentStatus.COMPLETED, event_type=ev.INTENT_COMPLETED
+        )
+        with pytest.raises(TransitionError, match="from completed to executing"):
+            await store.save_plan(intent.id, first, ["QL-DEV-001", "QL-DEV-002"])
+        out = await outcome(rt, intent.id)
+    assert out.intent.plan == second.model_dump(mode="json")
+    assert [e.type for e in out.events].count("intent.planned") == 2
+    assert [e.seq for e in out.events] == list(range(1, len(out.events) + 1))

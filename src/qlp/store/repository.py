@@ -26,6 +26,7 @@ from qlp.domain.events import Event
 from qlp.domain.ids import TaskType
 from qlp.domain.plan import Plan
 from qlp.domain.states import (
+    INTENT_TRANSITIONS,
     IntentStatus,
     TaskStatus,
     check_intent_transition,
@@ -249,12 +250,69 @@ class Store:
     async def save_plan(self, intent_id: str, plan: Plan, order: Sequence[str]) -> Event:
         """Store the plan and its tasks (pending) and move the intent to executing."""
         position = {task_id: i for i, task_id in enumerate(order)}
+        planned = {
+            "tasks": [
+                {
+                    "id": x.id,
+                    "type": x.type.value,
+                    "title": x.title,
+                    "dependencies": x.dependencies,
+                }
+                for x in sorted(plan.tasks, key=lambda x: position[x.id])
+            ],
+            "summary": plan.summary,
+            "status": IntentStatus.EXECUTING.value,
+        }
+        pending = [(ev.INTENT_PLANNED, planned)]
+        now = utcnow()
+        # The usual case in one statement (one round trip); anything unusual (a refused
+        # transition, tasks already there) takes the transaction below, which says why.
+        row = await self._hot.run(
+            st.SAVE_PLAN,
+            {
+                **self._event_params(intent_id, pending, now),
+                "allowed": sorted(
+                    s.value
+                    for s, targets in INTENT_TRANSITIONS.items()
+                    if IntentStatus.EXECUTING in targets
+                ),
+                "status": TaskStatus.PENDING.value,
+                "intent_status": IntentStatus.EXECUTING.value,
+                "plan": json.dumps(plan.model_dump(mode="json")),
+                "tasks": json.dumps(
+                    [
+                        {
+                            "id": task.id,
+                            "type": task.type.value,
+                            "title": task.title,
+                            "description": task.description,
+                            "dependencies": task.dependencies,
+                            "priority": task.priority,
+                            "acceptance_criteria": task.acceptance_criteria,
+                            "position": position[task.id],
+                        }
+                        for task in plan.tasks
+                    ]
+                ),
+            },
+        )
+        if row is not None and row.ok:
+            events = self._events(intent_id, pending, row.event_seq, now)
+            await self.publish(events)
+            return events[0]
+        return await self._replace_plan(intent_id, plan, position, planned)
+
+    async def _replace_plan(
+        self, intent_id: str, plan: Plan, position: dict[str, int], planned: dict[str, Any]
+    ) -> Event:
         async with self.engine.begin() as conn:
             status = (
                 await conn.execute(
                     select(t.intents.c.status).where(t.intents.c.id == intent_id).with_for_update()
                 )
-            ).scalar_one()
+            ).scalar_one_or_none()
+            if status is None:
+                raise NotFoundError(f"no intent with id {intent_id}")
             check_intent_transition(IntentStatus(status), IntentStatus.EXECUTING)
             await conn.execute(t.tasks.delete().where(t.tasks.c.intent_id == intent_id))
             await conn.execute(
@@ -284,19 +342,6 @@ class Store:
                     updated_at=utcnow(),
                 )
             )
-            planned = {
-                "tasks": [
-                    {
-                        "id": x.id,
-                        "type": x.type.value,
-                        "title": x.title,
-                        "dependencies": x.dependencies,
-                    }
-                    for x in sorted(plan.tasks, key=lambda x: position[x.id])
-                ],
-                "summary": plan.summary,
-                "status": IntentStatus.EXECUTING.value,
-            }
             events = await self.commit_events(conn, intent_id, [(ev.INTENT_PLANNED, planned)])
         await self.publish(events)
         return events[0]

@@ -109,3 +109,36 @@ APPEND_EVENTS = (
     SELECT event_seq FROM s
     """
 )
+
+# Store a new plan: its tasks (pending), the plan on the intent, status executing, and the
+# event. Only when the intent may go to executing and has no tasks yet (re-planning over
+# existing tasks takes the slower transaction in repository.py). Returns ok and event_seq.
+SAVE_PLAN = (
+    """
+    WITH cur AS (
+        SELECT status FROM intents WHERE id = %(intent_id)s FOR UPDATE
+    ), ok AS (
+        SELECT COALESCE((SELECT status FROM cur) = ANY(CAST(%(allowed)s AS varchar[])), false)
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE intent_id = %(intent_id)s) AS ok
+    ), added AS (
+        INSERT INTO tasks (intent_id, id, type, title, description, dependencies, priority,
+                           acceptance_criteria, position, status)
+        SELECT %(intent_id)s, t->>'id', t->>'type', t->>'title', t->>'description',
+               t->'dependencies', CAST(t->>'priority' AS integer), t->'acceptance_criteria',
+               CAST(t->>'position' AS integer), %(status)s
+        FROM jsonb_array_elements(CAST(%(tasks)s AS jsonb)) AS t
+        WHERE (SELECT ok FROM ok)
+    ), s AS (
+        UPDATE intents SET
+            plan = CAST(%(plan)s AS jsonb),
+            status = %(intent_status)s,
+            updated_at = CAST(%(now)s AS timestamptz),
+            event_seq = event_seq + %(n_events)s
+        WHERE id = %(intent_id)s AND (SELECT ok FROM ok)
+        RETURNING event_seq
+    ), ins AS ("""
+    + _EVENTS_TAIL
+    + """)
+    SELECT (SELECT ok FROM ok) AS ok, (SELECT event_seq FROM s) AS event_seq
+    """
+)
