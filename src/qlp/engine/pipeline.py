@@ -22,7 +22,7 @@ from qlp.domain.plan import Plan, topological_order, transitive_dependencies
 from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.engine.quality import Quality, rerun_set
 from qlp.engine.scheduler import DagOutcome, DagScheduler
-from qlp.engine.workspace import Workspace
+from qlp.engine.workspace import TreeLock, Workspace, WrittenFile
 from qlp.errors import BudgetExceededError, QLPError, UserInputError
 from qlp.llm.base import CallRecord, LLMClient
 from qlp.llm.recording import RecordingClient
@@ -338,10 +338,12 @@ class _IntentRun:
         self.workspace = Workspace(Path(intent.workspace))
         self.deps = {t.id: t.dependencies for t in plan.tasks}
         self.position = {t: i for i, t in enumerate(topological_order(plan.tasks))}
-        self._write_lock = asyncio.Lock()
-        # Which task wrote each path, loaded once and kept current (this run is the only
-        # writer: the intent lock keeps other processes out).
+        self._tree = TreeLock()
+        # Which task wrote (or is writing) each path, loaded once and kept current (this run
+        # is the only writer: the intent lock keeps other processes out).
         self.owners = {path: f.task_id for path, f in files.items()}
+        # The write in progress of each path: a later write of the same path waits for it.
+        self._writing: dict[str, asyncio.Future[Any]] = {}
         # Review feedback for the tasks a person asked to change (empty on a first run).
         self.feedback: dict[str, str] = {}
 
@@ -349,8 +351,8 @@ class _IntentRun:
         wanted = set(transitive_dependencies(self.deps, task_id))
         if not wanted:
             return []
-        async with self._write_lock:
-            chosen = sorted((p, t) for p, t in self.owners.items() if t in wanted)
+        # Dependencies have finished writing; a synchronous look at `owners` is consistent.
+        chosen = sorted((p, t) for p, t in self.owners.items() if t in wanted)
         return [
             ContextFile(path=path, task_id=owner, content=self.workspace.read(path))
             for path, owner in chosen
@@ -398,27 +400,8 @@ class _IntentRun:
         notes = [result.notes]
 
         async def write(files: list[FileOut]) -> list[str]:
-            async with self._write_lock:
-                paths = []
-                for f in files:
-                    prior = self.owners.get(f.path)
-                    if prior is not None and prior != task_id:
-                        # The later task in dependency order wins, whatever finished first.
-                        later = self.position[prior] > self.position[task_id]
-                        conflicts.append(
-                            {
-                                "path": f.path,
-                                "kept": prior if later else task_id,
-                                "discarded": task_id if later else prior,
-                            }
-                        )
-                        if later:
-                            continue
-                    w = await asyncio.to_thread(self.workspace.write, f.path, f.content)
-                    written[w.path] = (w.sha256, w.size)
-                    self.owners[w.path] = task_id
-                    paths.append(w.path)
-                return paths
+            async with self._tree.writing():
+                return await self._write(task_id, files, written, conflicts)
 
         paths = await write(result.files)
         quality = self.p.quality
@@ -439,7 +422,7 @@ class _IntentRun:
                 return await write(fixed.files)
 
             await quality.check_task(
-                intent_id, task_id, Path(self.intent.workspace), paths, repair, self._write_lock
+                intent_id, task_id, Path(self.intent.workspace), paths, repair, self._tree
             )
         await self.store.record_task_output(
             intent_id,
@@ -447,6 +430,75 @@ class _IntentRun:
             [(p, sha, size) for p, (sha, size) in sorted(written.items())],
             conflicts,
             "\n".join(n for n in notes if n),
+        )
+
+    async def _write(
+        self,
+        task_id: str,
+        files: list[FileOut],
+        written: dict[str, tuple[str, int]],
+        conflicts: list[dict[str, Any]],
+    ) -> list[str]:
+        """Write a task's files in one thread job, alongside other tasks' writes.
+
+        Paths are claimed in `owners` before any await, so tasks writing at the same time
+        see each other's claims; a path claimed by a task still writing it is written again
+        only after that write has landed, so the task that keeps it is the last to write it."""
+        keep: list[FileOut] = []
+        previous: dict[str, str | None] = {}
+        for f in files:
+            prior = self.owners.get(f.path)
+            if prior is not None and prior != task_id:
+                # The later task in dependency order wins, whatever finished first.
+                later = self.position[prior] > self.position[task_id]
+                conflicts.append(
+                    {
+                        "path": f.path,
+                        "kept": prior if later else task_id,
+                        "discarded": task_id if later else prior,
+                    }
+                )
+                if later:
+                    continue
+            previous.setdefault(f.path, prior)
+            self.owners[f.path] = task_id
+            keep.append(f)
+        if not keep:
+            return []
+        before = {self._writing[f.path] for f in keep if f.path in self._writing}
+        job = asyncio.ensure_future(self._write_after(before, keep))
+        for f in keep:
+            self._writing[f.path] = job
+
+        def forget(_: object) -> None:
+            for f in keep:
+                if self._writing.get(f.path) is job:
+                    del self._writing[f.path]
+
+        job.add_done_callback(forget)
+        # Shielded: a cancelled task's files still land before a later write of the same path.
+        done, error = await asyncio.shield(job)
+        for w in done:
+            written[w.path] = (w.sha256, w.size)
+        if error is not None:
+            # Claims of files not written go back to whoever had them (unless taken since).
+            ok = {w.path for w in done}
+            for path, prior in previous.items():
+                if path not in ok and self.owners.get(path) == task_id:
+                    if prior is None:
+                        del self.owners[path]
+                    else:
+                        self.owners[path] = prior
+            raise error
+        return [w.path for w in done]
+
+    async def _write_after(
+        self, before: set[asyncio.Future[Any]], files: list[FileOut]
+    ) -> tuple[list[WrittenFile], BaseException | None]:
+        if before:
+            await asyncio.wait(before)
+        return await asyncio.to_thread(
+            self.workspace.write_all, [(f.path, f.content) for f in files]
         )
 
     async def failed(self, task_id: str, reason: str) -> None:

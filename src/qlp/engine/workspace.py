@@ -7,12 +7,15 @@ with O_NOFOLLOW, and each file is written to a temporary name and renamed into p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from qlp.errors import UnsafePathError
 
@@ -93,3 +96,52 @@ class Workspace:
             os.close(dir_fd)
         with os.fdopen(fd, "rb") as fh:
             return fh.read().decode("utf-8", errors="replace")
+
+    def write_all(
+        self, files: Sequence[tuple[str, str]]
+    ) -> tuple[list[WrittenFile], BaseException | None]:
+        """Write files in order; stop at the first that fails. Returns what was written and
+        the failure (one call, so a thread pool runs a task's files as one job)."""
+        done: list[WrittenFile] = []
+        for rel, content in files:
+            try:
+                done.append(self.write(rel, content))
+            except Exception as exc:  # returned with what was written before it
+                return done, exc
+        return done, None
+
+
+class TreeLock(asyncio.Lock):
+    """Guards the project tree. Holding it (``async with``), as a validation check does,
+    means nothing writes: it waits for writes in progress and keeps new ones out. Writers
+    use `writing()` instead: they only wait while the lock is held, and may run together.
+    (File writes of concurrent tasks used to take turns under one lock; fsync-ed one after
+    another, they were a queue that every task finishing in the same wave waited in.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writers = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        try:
+            await self._idle.wait()
+        except BaseException:
+            self.release()
+            raise
+        return True
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        await super().acquire()  # not while the tree is being checked
+        self._writers += 1
+        self._idle.clear()
+        self.release()
+        try:
+            yield
+        finally:
+            self._writers -= 1
+            if not self._writers:
+                self._idle.set()
