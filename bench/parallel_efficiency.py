@@ -1,6 +1,6 @@
 """Parallel efficiency: DAGs of width 1, 4 and 16 with a model that takes 200 ms a call.
 
-    .venv/bin/python -m bench.parallel_efficiency [--latency 0.2] [--depth 3]
+    .venv/bin/python -m bench.parallel_efficiency [--latency 0.2] [--depth 3] [--repeat 5]
 
 The model is the fake OpenAI server on 127.0.0.1 (the real SDK client talks HTTP to it),
 run in a process of its own so its work does not compete with the engine for the GIL.
@@ -11,6 +11,9 @@ Efficiency ratio = measured wall time / ideal; target <= 1.15.
 A second baseline, measured in the same run, makes the same calls (one, then `depth` waves
 of `width` at once) straight through the OpenAI SDK to the same kind of server, with no
 engine: `engine_ratio` = QLP wall time / that time isolates what QLP itself adds.
+
+Each width is measured `repeat` times (QLP and the SDK baseline alternating, so both see the
+same machine load); the ratios reported are the medians, with the best and all runs beside.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,31 +110,46 @@ async def sdk_only(width: int, depth: int, latency: float) -> float:
     return wall
 
 
-async def main(latency: float, depth: int, widths: list[int]) -> None:
+async def main(latency: float, depth: int, widths: list[int], repeat: int) -> None:
     rows = []
     with private_postgres() as (url, home):
         await measure(url, home, 2, 1, 0.0)  # warm-up
         for width in widths:
-            wall = await measure(url, home, width, depth, latency)
-            direct = await sdk_only(width, depth, latency)
+            walls, directs = [], []
+            for _ in range(repeat):
+                walls.append(await measure(url, home, width, depth, latency))
+                directs.append(await sdk_only(width, depth, latency))
+            wall, direct = statistics.median(walls), statistics.median(directs)
             ideal = (1 + depth) * latency
             rows.append(
                 {
                     "width": width,
                     "tasks": width * depth,
                     "max_parallel": width,
+                    "runs": repeat,
                     "wall_s": round(wall, 3),
                     "critical_path_s": round(ideal, 3),
                     "ratio": round(wall / ideal, 3),
+                    "ratio_best": round(min(walls) / ideal, 3),
+                    "ratio_worst": round(max(walls) / ideal, 3),
+                    "ratios": [round(w / ideal, 3) for w in walls],
                     "target_ratio": 1.15,
                     "sdk_only_wall_s": round(direct, 3),
                     "sdk_only_ratio": round(direct / ideal, 3),
+                    "sdk_only_ratios": [round(d / ideal, 3) for d in directs],
                     "engine_ratio": round(wall / direct, 3),
                 }
             )
     report(
         "parallel_efficiency",
-        {"latency_s": latency, "depth": depth, "results": rows, "machine": machine()},
+        {
+            "latency_s": latency,
+            "depth": depth,
+            "repeat": repeat,
+            "results": rows,
+            "machine": machine(),
+            "load_average": list(os.getloadavg()),
+        },
     )
 
 
@@ -138,5 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per width (median reported)")
     args = parser.parse_args()
-    asyncio.run(main(args.latency, args.depth, args.widths))
+    asyncio.run(main(args.latency, args.depth, args.widths, args.repeat))
