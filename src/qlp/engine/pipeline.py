@@ -249,7 +249,9 @@ class Pipeline:
         return planned.plan
 
     async def _execute(self, intent: IntentRecord, plan: Plan) -> DagOutcome:
-        tasks = await self.store.get_tasks(intent.id)
+        tasks, files = await asyncio.gather(
+            self.store.get_tasks(intent.id), self.store.get_files(intent.id)
+        )
         done = {t.id for t in tasks if t.status == TaskStatus.SUCCEEDED}
         # Anything unfinished (running when the process died, failed, skipped, cancelled)
         # goes back to pending; succeeded work is kept.
@@ -263,7 +265,7 @@ class Pipeline:
             await self.store.set_tasks_status(
                 intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
             )
-        run = _IntentRun(self, intent, plan, await self.store.get_files(intent.id))
+        run = _IntentRun(self, intent, plan, files)
         if self.quality is not None:
             run.feedback = await self.quality.pending_feedback(intent.id, plan)
         scheduler = DagScheduler(
