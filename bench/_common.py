@@ -74,3 +74,21 @@ def report(name: str, data: dict[str, Any]) -> None:
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
+
+
+def private_postgres_pids(home: Path) -> list[int]:
+    """The postmaster of a `private_postgres()` server (found from its `home`) and its live
+    children (backends, checkpointer, ...), for CPU accounting."""
+    pidfile = home.parent / "pg" / "data" / "postmaster.pid"
+    postmaster = int(pidfile.read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+            pids.append(int(entry.name))
+    return pids

@@ -44,7 +44,7 @@ from tests.integration.api.conftest import PASSWORD
 
 # Per operation and caller (24 operations). The coverage phase adds its own deterministic
 # cases (boundaries, missing and wrong-typed parameters, negative data) on top.
-MAX_EXAMPLES = 50
+MAX_EXAMPLES = 35
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
