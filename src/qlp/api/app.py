@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from qlp import __version__
 from qlp.api import problems
 from qlp.api.context import Service
+from qlp.api.inputs import RefuseUnstorableUrls
 from qlp.api.limits import BodySizeLimit, RateLimits
 from qlp.api.metrics import Metrics
 from qlp.api.middleware import RequestContext
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         limit=settings.max_body_bytes,
         overrides={"/capsules/verify": settings.max_upload_bytes},
     )
+    app.add_middleware(RefuseUnstorableUrls)
     app.add_middleware(RequestContext, metrics=metrics)
     tracer = instrument(app, settings)
     return app

@@ -8,10 +8,8 @@ replicas behind a load balancer would each count separately (a shared storage ba
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from typing import Any
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -19,6 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qlp.api.problems import write_problem
 from qlp.errors import LimitExceededError
 
 
@@ -93,25 +92,5 @@ class BodySizeLimit:
 
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
-    body: dict[str, Any] = {
-        "type": "urn:qlp:problem:payload_too_large",
-        "title": "Request body too large",
-        "status": 413,
-        "detail": f"the request body is larger than {limit} bytes",
-        "instance": scope["path"],
-        "code": "payload_too_large",
-        "request_id": (scope.get("state") or {}).get("request_id"),
-    }
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(data)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    detail = f"the request body is larger than {limit} bytes"
+    await write_problem(scope, send, 413, "payload_too_large", detail)

@@ -7,6 +7,7 @@ that carries the request id (the traceback goes to the log, never to the client)
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from qlp.capsule.base import CapsuleError, CapsuleInputError
 from qlp.errors import (
@@ -83,6 +85,32 @@ def problem(
         **extra,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def write_problem(scope: Scope, send: Send, status: int, code: str, detail: str) -> None:
+    """A problem response sent from an ASGI middleware, before any route runs."""
+    body = {
+        "type": f"urn:qlp:problem:{code}",
+        "title": _HTTP_CODES.get(status, (code, code))[1],
+        "status": status,
+        "detail": detail,
+        "instance": scope.get("path", ""),
+        "code": code,
+        "request_id": (scope.get("state") or {}).get("request_id"),
+    }
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 def classify(exc: QLPError) -> tuple[int, str, dict[str, str]]:

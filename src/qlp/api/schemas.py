@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qlp.api.inputs import Text, storable
 from qlp.engine.pipeline import MAX_INTENT_CHARS
 
 MAX_OPTIONS_BYTES = 16 * 1024
@@ -17,14 +18,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FromRecord(BaseModel):
+    """Built from a store record's attributes (`Model.model_validate(record)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
 # -- auth -----------------------------------------------------------------------------------
 class LoginIn(Strict):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    username: Text = Field(min_length=1, max_length=64)
+    password: Text = Field(min_length=1, max_length=1024)
 
 
 class RefreshIn(Strict):
-    refresh_token: str = Field(min_length=1, max_length=512)
+    refresh_token: Text = Field(min_length=1, max_length=512)
 
 
 class TokenOut(BaseModel):
@@ -42,10 +49,10 @@ class MeOut(BaseModel):
 
 
 class ApiKeyIn(Strict):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(FromRecord):
     id: str
     name: str
     prefix: str
@@ -60,7 +67,7 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 # -- intents --------------------------------------------------------------------------------
 class IntentIn(Strict):
-    text: str = Field(min_length=1, max_length=MAX_INTENT_CHARS)
+    text: Text = Field(min_length=1, max_length=MAX_INTENT_CHARS)
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Labels kept with the intent and shown back (at most 16 KiB as JSON).",
@@ -69,17 +76,17 @@ class IntentIn(Strict):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip() or "\x00" in value:
-            raise ValueError("the intent must say what to build (and hold no NUL characters)")
+        if not value.strip():
+            raise ValueError("the intent must say what to build")
         return value
 
     @field_validator("options")
     @classmethod
     def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
-        encoded = json.dumps(value, ensure_ascii=False)
+        encoded = storable(json.dumps(value, ensure_ascii=False))
         if len(encoded.encode()) > MAX_OPTIONS_BYTES:
             raise ValueError(f"options are larger than {MAX_OPTIONS_BYTES} bytes as JSON")
-        if "\\u0000" in encoded:
+        if "\\u0000" in encoded:  # JSON escapes NUL; PostgreSQL's JSONB refuses it
             raise ValueError("options may not hold NUL characters")
         return value
 
@@ -131,11 +138,11 @@ class IntentPage(BaseModel):
 
 class ReviewIn(Strict):
     decision: Literal["approve", "reject", "request_changes"]
-    reason: str | None = Field(default=None, max_length=10_000)
-    tasks: list[str] = Field(default_factory=list, max_length=500)
+    reason: Text | None = Field(default=None, max_length=10_000)
+    tasks: list[Text] = Field(default_factory=list, max_length=500)
 
 
-class FileOut(BaseModel):
+class FileOut(FromRecord):
     path: str
     size: int
     sha256: str
@@ -151,7 +158,7 @@ class EventOut(BaseModel):
 
 
 # -- capsules -------------------------------------------------------------------------------
-class CapsuleOut(BaseModel):
+class CapsuleOut(FromRecord):
     id: str
     intent_id: str
     version: int
@@ -183,7 +190,7 @@ class ReadyOut(BaseModel):
     checks: dict[str, str]
 
 
-class AuditOut(BaseModel):
+class AuditOut(FromRecord):
     seq: int
     at: datetime
     actor: str

@@ -7,10 +7,8 @@ tokens stay valid across restarts. Folders that already exist are left exactly a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 from qlp.auth.base import SecretProvider
 from qlp.auth.tokens import SigningKeys
 from qlp.errors import ConfigError
+from qlp.keyfiles import create_once, private_folder, read_private
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import SecretClient
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 JWT_KEYS_NAME = "QLP_JWT_KEYS"
 KEY_DIR = "keys"
 JWT_KEY_FILE = "jwt-keys"
-_MAX_KEY_FILE = 64 * 1024
 
 
 class EnvSecretProvider:
@@ -89,7 +87,9 @@ def load_signing_keys(provider: SecretProvider, home: Path) -> SigningKeys:
         return SigningKeys.parse(value)
     path = jwt_key_file(home)
     if not os.path.lexists(path):
-        _create_key_file(_key_folder(path.parent), path)
+        private_folder(path.parent)
+        kid = "k" + datetime.now(UTC).strftime("%Y%m%d")
+        create_once(path, f"{kid}={secrets.token_urlsafe(48)}\n".encode("ascii"))
     return _read_key_file(path)
 
 
@@ -97,65 +97,8 @@ def jwt_key_file(home: Path) -> Path:
     return home / KEY_DIR / JWT_KEY_FILE
 
 
-def _key_folder(folder: Path) -> Path:
-    """Create the missing folders (0700); check, but never change, the ones that exist."""
-    missing: list[Path] = []
-    probe = folder
-    while not os.path.lexists(probe):
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)  # the umask can only narrow this
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{folder} is not a folder (a symlink or a file is in its place)")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f"{folder} belongs to another user; refusing to keep a key there")
-    return folder
-
-
-def _create_key_file(folder: Path, path: Path) -> None:
-    kid = "k" + datetime.now(UTC).strftime("%Y%m%d")
-    content = f"{kid}={secrets.token_urlsafe(48)}\n".encode("ascii")
-    tmp = folder / f".{JWT_KEY_FILE}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # link, not rename: of two processes creating the file at once, the first wins and
-        # the second reads its key instead of replacing it (which would void its tokens).
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _read_key_file(path: Path) -> SigningKeys:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the JWT key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"the JWT key file {path} is not a regular file")
-        if info.st_uid != os.geteuid():
-            raise ConfigError(f"the JWT key file {path} belongs to another user")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"the JWT key file {path} can be read or written by group or others "
-                f"(mode {mode:04o}); refusing to use it. Fix with: chmod 600 {path}"
-            )
-        data = fh.read(_MAX_KEY_FILE)
+    data = read_private(path, "the JWT key file")
     lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
     text = ",".join(line for line in lines if line and not line.startswith("#"))
     try:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
-import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -22,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from qlp.capsule.base import SigningKeyError
 from qlp.errors import NotFoundError, UserInputError
+from qlp.keyfiles import MAX_KEY_FILE, create_once, private_folder, read_private
 
 KEY_DIR = "keys"
 KEY_FILE = "capsule-ed25519.key"
 PUBLIC_PREFIX = "ed25519:"
-_MAX_KEY_FILE = 64 * 1024
 
 
 def key_file_path(home: Path) -> Path:
@@ -74,7 +71,7 @@ def parse_public_key(value: str) -> Ed25519PublicKey:
         raise NotFoundError(
             f"--key {value!r}: not an ed25519:<base64> public key, and no such file"
         )
-    data = path.read_bytes()[:_MAX_KEY_FILE]
+    data = path.read_bytes()[:MAX_KEY_FILE]
     text = data.decode("utf-8", "replace").strip()
     try:
         if text.startswith(PUBLIC_PREFIX):
@@ -132,64 +129,12 @@ def load_or_create_signing_key(home: Path, env_value: str | None) -> Ed25519Priv
     if env_value is not None and env_value.strip():
         return parse_private_key(env_value)
     path = key_file_path(home)
-    folder = _private_folder(path.parent)
+    private_folder(path.parent, SigningKeyError)
     if not os.path.lexists(path):
-        _create_key_file(folder, path)
+        create_once(path, private_key_pem(Ed25519PrivateKey.generate()))
     return _read_key_file(path)
 
 
-def _private_folder(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise SigningKeyError(f"{folder} is not a folder (a symlink or a file is in its place)")
-    if info.st_uid != os.geteuid():
-        raise SigningKeyError(f"{folder} belongs to another user; refusing to keep a key there")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(folder, 0o700)  # ours, but too open: close it before a key goes in
-    return folder
-
-
-def _create_key_file(folder: Path, path: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    tmp = folder / f".{KEY_FILE}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(private_key_pem(key))
-            fh.flush()
-            os.fsync(fh.fileno())
-        # link, not rename: when two processes create the key at once, the first one wins
-        # and the second reads it instead of replacing it.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _read_key_file(path: Path) -> Ed25519PrivateKey:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise SigningKeyError(f"cannot open the signing key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SigningKeyError(f"the signing key {path} is not a regular file")
-        if info.st_uid != os.geteuid():
-            raise SigningKeyError(f"the signing key {path} belongs to another user")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise SigningKeyError(
-                f"the signing key {path} can be read or written by group or others "
-                f"(mode {mode:04o}); refusing to use it. Fix with: chmod 600 {path}"
-            )
-        data = fh.read(_MAX_KEY_FILE)
+    data = read_private(path, "the signing key", SigningKeyError)
     return parse_private_key(data.decode("ascii", "replace"), origin=str(path))

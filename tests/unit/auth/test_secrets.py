@@ -77,18 +77,20 @@ def test_key_file_is_created_once_private_and_survives_a_restart(tmp_path: Path)
     assert [p.name for p in path.parent.iterdir()] == ["jwt-keys"]  # no temp file left
 
 
-def test_existing_folder_modes_are_left_as_they_are(tmp_path: Path) -> None:
+def test_existing_folder_modes_are_never_loosened(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "keys").mkdir()
     os.chmod(home, 0o755)
     os.chmod(home / "keys", 0o751)
-    before = {p: p.lstat() for p in (tmp_path, home, home / "keys")}
+    before = {p: p.lstat() for p in (tmp_path, home)}
     load_signing_keys(EnvSecretProvider({}), home)
-    for path, info in before.items():
+    for path, info in before.items():  # the parents of the key folder: untouched
         after = path.lstat()
         assert stat.S_IMODE(after.st_mode) == stat.S_IMODE(info.st_mode), path
         assert after.st_uid == info.st_uid
+    # QLP's own key folder, found open to others, is closed before a key goes in.
+    assert _mode(home / "keys") == 0o700
     assert _mode(jwt_key_file(home)) == 0o600
 
 

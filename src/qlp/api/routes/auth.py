@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from qlp.api.context import Service, service
+from qlp.api.inputs import Text
 from qlp.api.schemas import (
     ApiKeyCreatedOut,
     ApiKeyIn,
@@ -18,7 +19,6 @@ from qlp.api.schemas import (
 )
 from qlp.api.security import caller
 from qlp.auth.base import Principal, TokenPair
-from qlp.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -36,17 +36,6 @@ def _tokens(pair: TokenPair) -> TokenOut:
         refresh_token=pair.refresh_token,
         token_type=pair.token_type,
         expires_in=pair.expires_in,
-    )
-
-
-def _key(k: ApiKeyRecord) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=k.id,
-        name=k.name,
-        prefix=k.prefix,
-        created_at=k.created_at,
-        last_used_at=k.last_used_at,
-        revoked_at=k.revoked_at,
     )
 
 
@@ -95,16 +84,16 @@ async def me(principal: Caller) -> MeOut:
 @router.post("/api-keys", name="apikey.create", status_code=201, response_model=ApiKeyCreatedOut)
 async def create_key(body: ApiKeyIn, principal: Caller, svc: Svc) -> ApiKeyCreatedOut:
     record, key = await svc.auth.create_api_key(principal, body.name)
-    return ApiKeyCreatedOut(**_key(record).model_dump(), key=key)
+    return ApiKeyCreatedOut(**ApiKeyOut.model_validate(record).model_dump(), key=key)
 
 
 @router.get("/api-keys", name="apikey.list", response_model=list[ApiKeyOut])
 async def list_keys(principal: Caller, svc: Svc) -> list[ApiKeyOut]:
-    return [_key(k) for k in await svc.auth.list_api_keys(principal)]
+    return [ApiKeyOut.model_validate(k) for k in await svc.auth.list_api_keys(principal)]
 
 
 @router.delete("/api-keys/{key_id}", name="apikey.revoke", status_code=204, response_class=Response)
-async def revoke_key(key_id: str, request: Request, principal: Caller, svc: Svc) -> Response:
+async def revoke_key(key_id: Text, request: Request, principal: Caller, svc: Svc) -> Response:
     await svc.auth.revoke_api_key(principal, key_id[:64])
     request.state.audit = {"key_id": key_id[:64]}
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from qlp.api.context import Service, service
+from qlp.api.inputs import Text
 from qlp.api.schemas import CapsuleOut, CapsulePage, PublicKeyOut
 from qlp.api.security import caller, owner_filter, require_read
 from qlp.auth.base import Principal
@@ -28,20 +29,6 @@ router = APIRouter(tags=["capsules"])
 Caller = Annotated[Principal, Depends(caller)]
 Svc = Annotated[Service, Depends(service)]
 _CHUNK = 256 * 1024
-
-
-def capsule_out(c: CapsuleRecord) -> CapsuleOut:
-    return CapsuleOut(
-        id=c.id,
-        intent_id=c.intent_id,
-        version=c.version,
-        parent=c.parent,
-        size=c.size,
-        sha256=c.sha256,
-        scores=c.scores,
-        decision=c.decision,
-        created_at=c.created_at,
-    )
 
 
 async def _visible(svc: Service, principal: Principal, capsule_id: str) -> CapsuleRecord:
@@ -61,18 +48,20 @@ async def list_capsules(
     principal: Caller,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    intent_id: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[Text | None, Query(max_length=200)] = None,
+    intent_id: Annotated[Text | None, Query(max_length=40)] = None,
 ) -> CapsulePage:
     page = await svc.queries.capsules(
         owner=owner_filter(principal), cursor=cursor, limit=limit, intent_id=intent_id
     )
-    return CapsulePage(items=[capsule_out(c) for c in page.items], next_cursor=page.next_cursor)
+    return CapsulePage(
+        items=[CapsuleOut.model_validate(c) for c in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/capsules/{capsule_id}", name="capsule.get", response_model=CapsuleOut)
 async def get_capsule(capsule_id: str, principal: Caller, svc: Svc) -> CapsuleOut:
-    return capsule_out(await _visible(svc, principal, capsule_id))
+    return CapsuleOut.model_validate(await _visible(svc, principal, capsule_id))
 
 
 @router.get(

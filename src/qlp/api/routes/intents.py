@@ -12,6 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from qlp.api.context import Service, service
+from qlp.api.inputs import Text
 from qlp.api.schemas import (
     EventOut,
     FileOut,
@@ -107,11 +108,11 @@ async def list_intents(
     principal: Caller,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[Text | None, Query(max_length=200)] = None,
     status: IntentStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="text contains")] = None,
+    q: Annotated[Text | None, Query(max_length=200, description="text contains")] = None,
 ) -> IntentPage:
     where = IntentFilter(
         owner=owner_filter(principal),
@@ -210,10 +211,7 @@ async def review(
 async def files(intent_id: IntentId, principal: Caller, svc: Svc) -> list[FileOut]:
     await visible_intent(svc, principal, intent_id)
     found = await svc.runtime.store.get_files(intent_id)
-    return [
-        FileOut(path=p, size=f.size, sha256=f.sha256, task_id=f.task_id)
-        for p, f in sorted(found.items())
-    ]
+    return [FileOut.model_validate(f) for _, f in sorted(found.items())]
 
 
 @router.get(

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from qlp.api.context import Service, service
+from qlp.api.inputs import Text
 from qlp.api.metrics import CONTENT_TYPE
 from qlp.api.schemas import AuditOut, HealthOut, ReadyOut
 from qlp.api.security import admin
@@ -99,24 +100,8 @@ async def audit(
     principal: Annotated[Principal, Depends(admin)],
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
-    action: Annotated[str | None, Query(max_length=100)] = None,
+    actor: Annotated[Text | None, Query(max_length=200)] = None,
+    action: Annotated[Text | None, Query(max_length=100)] = None,
 ) -> list[AuditOut]:
     rows = await svc.audit.list(after_seq=after, limit=limit, actor=actor, action=action)
-    return [
-        AuditOut(
-            seq=r.seq,
-            at=r.at,
-            actor=r.actor,
-            action=r.action,
-            resource=r.resource,
-            outcome=r.outcome,
-            status_code=r.status_code,
-            client_ip=r.client_ip,
-            user_agent=r.user_agent,
-            request_id=r.request_id,
-            details=r.details,
-            hash=r.hash,
-        )
-        for r in rows
-    ]
+    return [AuditOut.model_validate(r) for r in rows]
