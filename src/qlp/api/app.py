@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qlp import __version__
-from qlp.api import problems
+from qlp.api import openapi, problems
 from qlp.api.context import Service
 from qlp.api.inputs import RefuseUnstorableUrls
 from qlp.api.limits import BodySizeLimit, RateLimits
@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     for router in (auth.router, intents.router, stream.router, capsules.router, system.router):
         app.include_router(router, prefix=API_PREFIX)
+    openapi.install(app, API_PREFIX)
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_body_bytes,

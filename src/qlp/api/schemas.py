@@ -203,3 +203,21 @@ class AuditOut(FromRecord):
     request_id: str | None
     details: dict[str, Any]
     hash: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    request_id: str | None
+    errors: list[FieldError] | None = None
