@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -28,6 +30,20 @@ router = APIRouter(tags=["intents"])
 _FINAL_EVENTS = {ev.INTENT_COMPLETED, ev.INTENT_FAILED, ev.INTENT_CANCELLED, ev.INTENT_REJECTED}
 # A subscriber this far behind is dropped (close 1013); it reconnects with its last seq.
 MAX_BACKLOG = 10_000
+# Each event is encoded once for all its subscribers (fan-out to hundreds of streams).
+_ENCODED: OrderedDict[tuple[str, int], str] = OrderedDict()
+_ENCODED_MAX = 4096
+
+
+def _encoded(e: Event) -> str:
+    key = (e.intent_id, e.seq)
+    text = _ENCODED.get(key)
+    if text is None:
+        text = json.dumps({"event": "intent", **e.as_dict()}, separators=(",", ":"))
+        _ENCODED[key] = text
+        if len(_ENCODED) > _ENCODED_MAX:
+            _ENCODED.popitem(last=False)
+    return text
 
 
 @router.websocket("/intents/{intent_id}/stream", name="intent.stream")
@@ -75,9 +91,9 @@ async def _follow(
                 continue
             if e.seq > last + 1:  # published out of order: fill from what is committed
                 for missing in await store.list_events(intent_id, last, e.seq - last - 1):
-                    await websocket.send_json({"event": "intent", **missing.as_dict()})
+                    await websocket.send_text(_encoded(missing))
                     last = missing.seq
-            await websocket.send_json({"event": "intent", **e.as_dict()})
+            await websocket.send_text(_encoded(e))
             last = e.seq
             if e.type in _FINAL_EVENTS:
                 return True
