@@ -36,6 +36,18 @@ class Workspace:
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
 
+    @staticmethod
+    def _open_folder(fd: int, part: str, *, create: bool) -> int:
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        # Another task's write may create the same folder at the same moment.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o755, dir_fd=fd)
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
+
     def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str]:
         """Return an fd of the folder holding `rel` (walked without following links)."""
         parts = rel.split("/")
@@ -43,12 +55,9 @@ class Workspace:
         try:
             for part in parts[:-1]:
                 try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = self._open_folder(fd, part, create=create)
                 except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    raise
                 except OSError as exc:  # ELOOP / ENOTDIR: a link or a file stands there
                     raise UnsafePathError(
                         f"refusing to write {rel}: {part!r} is a link or not a folder"

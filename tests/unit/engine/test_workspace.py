@@ -54,3 +54,31 @@ def test_read_does_not_follow_links(tmp_path: Path) -> None:
     os.symlink(secret, tmp_path / "ws" / "a.txt")
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         ws.read("a.txt")
+
+
+def test_a_folder_made_by_another_write_meanwhile_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure()
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)  # another task's thread got there first
+        real_mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    assert ws.write("a/b.txt", "x").path == "a/b.txt"
+    assert (tmp_path / "ws/a/b.txt").read_text() == "x"
+
+
+def test_a_link_planted_where_a_folder_goes_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure()
+    os.symlink(outside, tmp_path / "ws" / "made")
+    done, error = ws.write_all([("ok.txt", "1"), ("made/x.txt", "2")])
+    assert [w.path for w in done] == ["ok.txt"]
+    assert isinstance(error, UnsafePathError)
+    assert list(outside.iterdir()) == []
