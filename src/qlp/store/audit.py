@@ -31,6 +31,7 @@ from sqlalchemy import Row, insert, select, text, update
 
 from qlp.errors import UserInputError
 from qlp.store import schema as t
+from qlp.store.base import from_row
 from qlp.store.repository import Store, utcnow
 
 GENESIS_HASH = "0" * 64
@@ -151,21 +152,7 @@ def row_hash(
 
 
 def _record(r: Row[Any]) -> AuditRecord:
-    return AuditRecord(
-        seq=r.seq,
-        at=r.at,
-        actor=r.actor,
-        action=r.action,
-        resource=r.resource,
-        outcome=r.outcome,
-        status_code=r.status_code,
-        client_ip=r.client_ip,
-        user_agent=r.user_agent,
-        request_id=r.request_id,
-        details=dict(r.details),
-        prev_hash=r.prev_hash,
-        hash=r.hash,
-    )
+    return from_row(AuditRecord, r)
 
 
 def _content_hash(r: AuditRecord) -> str:

@@ -7,13 +7,21 @@ store; these records are what the engine and the faces see of it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from qlp.domain.events import Event
 from qlp.domain.ids import TaskType
 from qlp.domain.states import IntentStatus, TaskStatus
+
+R = TypeVar("R")
+
+
+def from_row(record: type[R], row: Any) -> R:
+    """A record dataclass filled from the row's columns of the same names."""
+    return record(**{f.name: getattr(row, f.name) for f in fields(record)})  # type: ignore[arg-type]
+
 
 # Called with the events of a transaction once it has committed.
 EventSink = Callable[[list[Event]], Awaitable[None]]

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from qlp.domain.ids import new_api_key_id, new_session_id, new_user_id
 from qlp.errors import ConflictError, NotFoundError
 from qlp.store import schema as t
-from qlp.store.base import ApiKeyRecord, SessionRecord, UserRecord
+from qlp.store.base import ApiKeyRecord, SessionRecord, UserRecord, from_row
 from qlp.store.repository import Store, utcnow
 
 __all__ = ["ApiKeyRecord", "SessionRecord", "UserRecord", "UserStore"]
@@ -28,43 +28,15 @@ TOUCH_INTERVAL = timedelta(seconds=60)
 
 
 def _user(r: Row[Any]) -> UserRecord:
-    return UserRecord(
-        id=r.id,
-        username=r.username,
-        password_hash=r.password_hash,
-        role=r.role,
-        created_at=r.created_at,
-        disabled=r.disabled,
-    )
+    return from_row(UserRecord, r)
 
 
 def _session(r: Row[Any]) -> SessionRecord:
-    return SessionRecord(
-        id=r.id,
-        user_id=r.user_id,
-        family_id=r.family_id,
-        token_hash=r.token_hash,
-        created_at=r.created_at,
-        expires_at=r.expires_at,
-        rotated_at=r.rotated_at,
-        revoked_at=r.revoked_at,
-        revoked_reason=r.revoked_reason,
-        client_ip=r.client_ip,
-        user_agent=r.user_agent,
-    )
+    return from_row(SessionRecord, r)
 
 
 def _api_key(r: Row[Any]) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=r.id,
-        user_id=r.user_id,
-        name=r.name,
-        prefix=r.prefix,
-        key_hash=r.key_hash,
-        created_at=r.created_at,
-        last_used_at=r.last_used_at,
-        revoked_at=r.revoked_at,
-    )
+    return from_row(ApiKeyRecord, r)
 
 
 async def _lock_family(conn: AsyncConnection, family_id: str) -> None:
