@@ -73,6 +73,8 @@ class RecordedRequest:
     protocol: str  # "openai", "azure", "anthropic" or "unknown"
     deployment: str | None = None
     received_at: float = field(default_factory=time.time)
+    # Which credential headers came (names only, never their values).
+    credentials: frozenset[str] = frozenset()
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -182,6 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
             k.lower(): v for k, v in self.headers.items() if k.lower() not in _SECRET_HEADERS
         }
         record = RecordedRequest(
+            credentials=frozenset(
+                k.lower() for k in self.headers if k.lower() in _SECRET_HEADERS
+            ),
             method="POST",
             path=parts.path,
             query=query,

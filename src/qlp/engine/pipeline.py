@@ -8,7 +8,9 @@ without re-running tasks that already succeeded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,30 @@ class EngineConfig:
     context_token_budget: int
     planner: PlannerLimits
     agent: AgentSettings
+
+
+@asynccontextmanager
+async def alongside(commit: Awaitable[Any] | None) -> AsyncIterator[asyncio.Future[Any]]:
+    """Run a state commit (a task's or an intent's start) while the block already calls the
+    model, instead of one round trip before it. The block gates everything that records or
+    uses a result on the yielded future (the transcript record waits for it), so committed
+    state has the same order as committing first. On leaving, the commit has landed; if the
+    block failed, its error wins over the commit's."""
+    landed: asyncio.Future[Any] = asyncio.ensure_future(commit) if commit is not None else _done()
+    try:
+        yield landed
+    except BaseException:
+        if not landed.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(landed)  # e.g. a cancellation is recorded after it
+        raise
+    await landed
+
+
+def _done() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 class Pipeline:
@@ -226,10 +252,13 @@ class Pipeline:
                     intent.id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
                 )
             return Plan.model_validate(intent.plan)
-        if intent.status != IntentStatus.PLANNING:
-            await self.store.set_intent_status(
+        planning = (
+            self.store.set_intent_status(
                 intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
             )
+            if intent.status != IntentStatus.PLANNING
+            else None
+        )
 
         async def rejected(attempt: int, problem: str) -> None:
             await self.store.append_event(
@@ -237,9 +266,9 @@ class Pipeline:
             )
 
         try:
-            planned = await make_plan(
-                self._client(intent.id, None), intent.text, self.config.planner, rejected
-            )
+            async with alongside(planning) as planned_state:
+                client = self._client(intent.id, None, after=planned_state)
+                planned = await make_plan(client, intent.text, self.config.planner, rejected)
         except QLPError as exc:  # no valid plan, the model unreachable, budget spent
             await self.store.set_intent_status(
                 intent.id, IntentStatus.FAILED, event_type=ev.INTENT_FAILED, error=exc.message
@@ -312,10 +341,17 @@ class Pipeline:
             )
 
     # -- LLM with transcript and budget ----------------------------------------------------
-    def _client(self, intent_id: str, task_id: str | None) -> LLMClient:
+    def _client(
+        self, intent_id: str, task_id: str | None, after: Awaitable[object] | None = None
+    ) -> LLMClient:
+        """A client whose calls are recorded in the transcript and counted against the
+        budget. `after`: a commit that must land before any call is recorded (the task's
+        start, committed while its first call is already on its way)."""
         budget = self.config.token_budget
 
         async def observe(record: CallRecord) -> None:
+            if after is not None:
+                await after
             totals = await self.store.record_llm_call(intent_id, task_id, record)
             self._spent[intent_id] = totals.total_tokens
             if totals.total_tokens > budget:
@@ -367,11 +403,17 @@ class _IntentRun:
             raise BudgetExceededError(
                 f"token budget of {self.p.config.token_budget} already spent ({spent} tokens)"
             )
-        await self.store.set_task_status(
+        start = self.store.set_task_status(
             intent_id, task_id, TaskStatus.RUNNING, event_type=ev.TASK_STARTED
         )
+        async with alongside(start) as started:
+            await self._run_task(task_id, started)
+
+    async def _run_task(self, task_id: str, started: asyncio.Future[Any]) -> None:
+        intent_id = self.intent.id
         context = select_context(await self._context(task_id), self.p.config.context_token_budget)
         if context.omitted:
+            await started
             await self.store.append_event(
                 intent_id,
                 ev.CONTEXT_TRIMMED,
@@ -385,7 +427,7 @@ class _IntentRun:
                 {"task_id": task_id, "attempt": attempt, "problem": problem},
             )
 
-        client = self.p._client(intent_id, task_id)
+        client = self.p._client(intent_id, task_id, after=started)
         task = self.plan.task(task_id)
         result = await run_agent(
             client,

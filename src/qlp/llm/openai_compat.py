@@ -20,7 +20,6 @@ from openai.types.chat import (
     ChatCompletionSystemMessageParam,
     ChatCompletionUserMessageParam,
 )
-from openai.types.shared_params import ResponseFormatJSONObject
 
 from qlp.config import ModelPrice
 from qlp.errors import ConfigError, LLMError
@@ -120,21 +119,28 @@ class OpenAICompatClient(SDKClient[ChatCompletion]):
 
     # -- one attempt -----------------------------------------------------------------
     async def _attempt(self, request: LLMRequest) -> ChatCompletion:
-        messages = [_message_param(m) for m in request.messages]
-        use_mct = self._use_max_completion_tokens
-        response_format: ResponseFormatJSONObject | openai.Omit = (
-            {"type": "json_object"} if request.json_mode else openai.omit
-        )
+        body: dict[str, object] = {
+            "model": self._model,
+            "messages": [_message_param(m) for m in request.messages],
+            "temperature": request.temperature,
+            "max_completion_tokens" if self._use_max_completion_tokens else "max_tokens": (
+                request.max_tokens
+            ),
+        }
+        if request.json_mode:
+            body["response_format"] = {"type": "json_object"}
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._client.chat.completions.create(
-                    model=self._model,
-                    messages=messages,
-                    max_completion_tokens=request.max_tokens if use_mct else openai.omit,
-                    max_tokens=openai.omit if use_mct else request.max_tokens,
-                    temperature=request.temperature,
-                    response_format=response_format,
-                    timeout=self._timeout_s,
+                # The SDK's own POST of the chat completions endpoint (the same request
+                # `chat.completions.create` sends, Azure's deployment routing included),
+                # minus its walk of typed parameters: for a body of plain JSON values that
+                # walk changes nothing and cost about 1 ms of event-loop time per call,
+                # measured, paid 16 times in a row when 16 tasks start together.
+                return await self._client.post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body=body,
+                    options={"timeout": self._timeout_s},
                 )
         except TimeoutError:
             raise self._timed_out() from None

@@ -59,6 +59,7 @@ async def test_openai_round_trip(fake_llm, closing) -> None:
     assert sent.body["max_tokens"] == 321
     assert sent.body["temperature"] == 0.1
     assert "authorization" not in sent.headers  # the fake server drops credentials
+    assert sent.credentials == {"authorization"}  # ... after noting that they came
 
 
 async def test_json_mode_off_sends_no_response_format(fake_llm, closing) -> None:
@@ -106,6 +107,7 @@ async def test_azure_deployment_path_and_reported_model(fake_llm, closing) -> No
     assert sent.path == "/openai/deployments/my-deployment/chat/completions"
     assert sent.query == {"api-version": "2024-10-21"}
     assert "api-key" not in sent.headers
+    assert "api-key" in sent.credentials
 
 
 async def test_429_retry_after_is_honoured(fake_llm, closing) -> None:
