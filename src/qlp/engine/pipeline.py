@@ -130,9 +130,9 @@ class Pipeline:
                     # Stopped while packaging: the decision stands; build the capsule again.
                     await self.quality.resume_packaging(intent)
                     return await self.store.get_intent(intent_id)
-                plan = await self._ensure_plan(intent)
-                if plan is not None:
-                    outcome = await self._execute(intent, plan)
+                planned = await self._ensure_plan(intent)
+                if planned is not None:
+                    outcome = await self._execute(intent, *planned)
                     await self._finish(intent, outcome)
             except asyncio.CancelledError:
                 if not self.interrupting:
@@ -245,13 +245,15 @@ class Pipeline:
         return await self.run(intent_id)
 
     # -- steps ---------------------------------------------------------------------------
-    async def _ensure_plan(self, intent: IntentRecord) -> Plan | None:
+    async def _ensure_plan(self, intent: IntentRecord) -> tuple[Plan, list[str] | None] | None:
+        """The intent's plan, made now if it has none (None: planning failed). With a plan
+        made now comes its task order: its tasks are all pending and no file exists yet."""
         if intent.plan is not None:
             if intent.status != IntentStatus.EXECUTING:
                 await self.store.set_intent_status(
                     intent.id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
                 )
-            return Plan.model_validate(intent.plan)
+            return Plan.model_validate(intent.plan), None
         planning = (
             self.store.set_intent_status(
                 intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
@@ -275,9 +277,14 @@ class Pipeline:
             )
             return None
         await self.store.save_plan(intent.id, planned.plan, planned.order)
-        return planned.plan
+        return planned.plan, list(planned.order)
 
-    async def _execute(self, intent: IntentRecord, plan: Plan) -> DagOutcome:
+    async def _execute(
+        self, intent: IntentRecord, plan: Plan, fresh_order: list[str] | None
+    ) -> DagOutcome:
+        if fresh_order is not None:  # just planned: nothing to read back or requeue
+            deps = {t.id: t.dependencies for t in plan.tasks}
+            return await self._schedule(intent, plan, deps, fresh_order, {}, set())
         tasks, files = await asyncio.gather(
             self.store.get_tasks(intent.id), self.store.get_files(intent.id)
         )
@@ -294,12 +301,24 @@ class Pipeline:
             await self.store.set_tasks_status(
                 intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
             )
+        deps = {t.id: t.dependencies for t in tasks}
+        return await self._schedule(intent, plan, deps, [t.id for t in tasks], files, done)
+
+    async def _schedule(
+        self,
+        intent: IntentRecord,
+        plan: Plan,
+        deps: dict[str, list[str]],
+        order: list[str],
+        files: dict[str, FileRecord],
+        done: set[str],
+    ) -> DagOutcome:
         run = _IntentRun(self, intent, plan, files)
         if self.quality is not None:
             run.feedback = await self.quality.pending_feedback(intent.id, plan)
         scheduler = DagScheduler(
-            {t.id: t.dependencies for t in tasks},
-            [t.id for t in tasks],
+            deps,
+            order,
             run,
             max_parallel=self.config.max_parallel_tasks,
             task_timeout_s=self.config.task_timeout_s,
