@@ -70,8 +70,11 @@ def db_rows(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def wait_for(predicate: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # a fresh database: the process under test has not migrated it yet
         time.sleep(0.1)
     raise AssertionError("condition not reached in time")
 
