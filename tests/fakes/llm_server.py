@@ -184,9 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             k.lower(): v for k, v in self.headers.items() if k.lower() not in _SECRET_HEADERS
         }
         record = RecordedRequest(
-            credentials=frozenset(
-                k.lower() for k in self.headers if k.lower() in _SECRET_HEADERS
-            ),
+            credentials=frozenset(k.lower() for k in self.headers if k.lower() in _SECRET_HEADERS),
             method="POST",
             path=parts.path,
             query=query,
