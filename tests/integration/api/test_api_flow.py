@@ -8,6 +8,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,10 +58,26 @@ def test_submit_follow_and_read_back(api: ApiServer) -> None:
 EXAMPLES = ROOT / "examples"
 
 
+def _todo_with_second_readme() -> dict[str, Any]:
+    """The todo-cli script plus a second README answer, for a round of changes."""
+    script: dict[str, Any] = json.loads((EXAMPLES / "todo-cli" / "script.json").read_text())
+    doc = next(r for r in script["responses"] if "QL-DOC-001" in r.get("when", ""))
+    answer = json.loads(doc["content"])
+    for f in answer["files"]:
+        if f["path"] == "README.md":
+            f["content"] += "\nChanged on review: every command prints what it did.\n"
+    script["responses"].append({"when": doc["when"], "content": json.dumps(answer)})
+    return script
+
+
 @pytest.fixture
 def validating(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[ApiServer]:
     example, policy = request.param
-    script = json.loads((EXAMPLES / example / "script.json").read_text())
+    script = (
+        _todo_with_second_readme()
+        if example == "todo-cli"
+        else json.loads((EXAMPLES / example / "script.json").read_text())
+    )
     with FakeLLMServer(script) as fake:
         env = server_env(
             tmp_path, db_url, fake.base_url, QLP_VALIDATE="true", QLP_REVIEW_POLICY=policy
@@ -170,3 +187,46 @@ def test_gate_blocks_approval_then_reject(validating: ApiServer) -> None:
         )
         assert r.status_code == 200 and r.json()["status"] == "rejected"
         assert c.get("/capsules", params={"intent_id": intent_id}).json()["items"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("validating", [("todo-cli", "always")], indirect=True)
+def test_request_changes_reruns_the_named_task_then_approve(validating: ApiServer) -> None:
+    api = validating
+    token = api.token("ann", PASSWORD)
+    intent_id = _submit(api, token, "todo-cli")
+    api.wait_status(token, intent_id, {"reviewing", "failed"}, 300)
+    with api.client(token) as c:
+        before = {t["id"]: t["attempts"] for t in c.get(f"/intents/{intent_id}").json()["tasks"]}
+        seen = c.get(f"/intents/{intent_id}/events", params={"limit": 1000}).json()[-1]["seq"]
+        r = c.post(
+            f"/intents/{intent_id}/review",
+            json={
+                "decision": "request_changes",
+                "reason": "say in the README what each command prints",
+                "tasks": ["QL-DOC-001"],
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "executing"
+    with api.stream(intent_id, token, after=seen) as ws:
+        events = read_stream(ws, until="review.required")
+    kinds = [e["type"] for e in events]
+    assert "task.requeued" in kinds and events[-1]["payload"]["round"] == 2, kinds
+    detail = api.wait_status(token, intent_id, {"reviewing"}, 300)
+    assert detail["review"]["round"] == 2
+    after = {t["id"]: t["attempts"] for t in detail["tasks"]}
+    assert {t: after[t] - before[t] for t in after if after[t] != before[t]} == {"QL-DOC-001": 1}
+    with api.client(token) as c:
+        readme = c.get(f"/intents/{intent_id}/files/README.md").text
+        assert "Changed on review" in readme
+        r = c.post(f"/intents/{intent_id}/review", json={"decision": "approve"})
+        assert r.status_code == 200, r.text
+    final = api.wait_status(token, intent_id, {"completed", "failed"}, 120)
+    assert final["status"] == "completed"
+    with api.client(token) as c:
+        capsules = c.get("/capsules", params={"intent_id": intent_id}).json()["items"]
+    by_version = {c["version"]: c for c in capsules}
+    assert sorted(by_version) == [1, 2]
+    assert by_version[2]["parent"] == by_version[1]["id"]
+    assert by_version[2]["decision"]["decision"] == "approve"
