@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -23,6 +23,7 @@ from qlp.capsule.keys import public_key_pem, public_key_text
 from qlp.config import Settings
 from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signing_key
+from qlp.errors import QLPError
 from qlp.store.audit import AuditStore
 from qlp.store.intent_queries import IntentQueries
 from qlp.store.reviews import ReviewStore
@@ -36,47 +37,66 @@ Authenticate with `POST /api/v1/auth/login` and send `Authorization: Bearer <acc
 with a stable `code`. See docs/API.md."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, *, on_startup_error: Callable[[QLPError], None] | None = None
+) -> FastAPI:
+    """The app; its lifespan opens the service. A QLPError while opening it (database
+    unreachable, a bad setting) goes to `on_startup_error` when given (the server then stops
+    and reports it in one line) instead of failing the lifespan with a traceback."""
     metrics = Metrics()
+
+    async def open_service(app: FastAPI, stack: AsyncExitStack) -> None:
+        rt = await stack.enter_async_context(open_runtime(settings))
+        pipeline = rt.pipeline(need_llm=False, sandbox_observer=metrics.observe_sandbox)
+        runner = IntentRunner(
+            pipeline,
+            max_running=settings.server_max_running,
+            max_active_per_user=settings.user_max_active_intents,
+        )
+        key = signing_key(settings)
+        app.state.service = Service(
+            settings=settings,
+            runtime=rt,
+            runner=runner,
+            auth=make_auth(settings, rt.store),
+            audit=AuditStore(rt.store),
+            queries=IntentQueries(rt.store),
+            reviews=ReviewStore(rt.store),
+            capsules=make_capsule_store(settings),
+            limits=RateLimits(
+                login_per_minute=settings.login_rate_per_minute,
+                submit_per_minute=settings.submit_rate_per_minute,
+            ),
+            metrics=metrics,
+            public_key=public_key_text(key),
+            public_key_pem=public_key_pem(key),
+        )
+        events = rt.bus.subscribe()
+        follower = asyncio.create_task(metrics.follow(events))
+
+        async def close() -> None:
+            await runner.stop()
+            rt.bus.unsubscribe(events)
+            follower.cancel()
+            with contextlib.suppress(BaseException):
+                await follower
+
+        stack.push_async_callback(close)
+        await runner.start()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings) as rt:
-            pipeline = rt.pipeline(need_llm=False, sandbox_observer=metrics.observe_sandbox)
-            runner = IntentRunner(
-                pipeline,
-                max_running=settings.server_max_running,
-                max_active_per_user=settings.user_max_active_intents,
-            )
-            key = signing_key(settings)
-            app.state.service = Service(
-                settings=settings,
-                runtime=rt,
-                runner=runner,
-                auth=make_auth(settings, rt.store),
-                audit=AuditStore(rt.store),
-                queries=IntentQueries(rt.store),
-                reviews=ReviewStore(rt.store),
-                capsules=make_capsule_store(settings),
-                limits=RateLimits(
-                    login_per_minute=settings.login_rate_per_minute,
-                    submit_per_minute=settings.submit_rate_per_minute,
-                ),
-                metrics=metrics,
-                public_key=public_key_text(key),
-                public_key_pem=public_key_pem(key),
-            )
-            events = rt.bus.subscribe()
-            follower = asyncio.create_task(metrics.follow(events))
-            await runner.start()
+        async with AsyncExitStack() as stack:
+            try:
+                await open_service(app, stack)
+            except QLPError as exc:
+                if on_startup_error is None:
+                    raise
+                await stack.aclose()
+                on_startup_error(exc)
             try:
                 yield
             finally:
-                await runner.stop()
-                rt.bus.unsubscribe(events)
-                follower.cancel()
-                with contextlib.suppress(BaseException):
-                    await follower
                 if tracer is not None:
                     tracer.shutdown()
 
