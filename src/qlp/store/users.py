@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, func, insert, select, text, update
+from sqlalchemy import Row, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,9 +48,21 @@ async def _lock_family(conn: AsyncConnection, family_id: str) -> None:
     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+R = TypeVar("R")
+
+
 class UserStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    async def _first(self, record: type[R], query: Select[Any]) -> R | None:
+        async with self.store.autocommit.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return from_row(record, row) if row is not None else None
+
+    async def _all(self, record: type[R], query: Select[Any]) -> list[R]:
+        async with self.store.autocommit.connect() as conn:
+            return [from_row(record, r) for r in await conn.execute(query)]
 
     # -- users -----------------------------------------------------------------------------
     async def create_user(self, username: str, password_hash: str, role: str) -> UserRecord:
@@ -76,23 +88,17 @@ class UserStore:
         return _user(row)
 
     async def get_user(self, user_id: str) -> UserRecord:
-        async with self.store.autocommit.connect() as conn:
-            row = (await conn.execute(select(t.users).where(t.users.c.id == user_id))).first()
-        if row is None:
+        found = await self._first(UserRecord, select(t.users).where(t.users.c.id == user_id))
+        if found is None:
             raise NotFoundError(f"no user with id {user_id}")
-        return _user(row)
+        return found
 
     async def find_by_username(self, username: str) -> UserRecord | None:
-        async with self.store.autocommit.connect() as conn:
-            row = (
-                await conn.execute(select(t.users).where(t.users.c.username == username.lower()))
-            ).first()
-        return _user(row) if row is not None else None
+        query = select(t.users).where(t.users.c.username == username.lower())
+        return await self._first(UserRecord, query)
 
     async def list_users(self) -> list[UserRecord]:
-        async with self.store.autocommit.connect() as conn:
-            rows = await conn.execute(select(t.users).order_by(t.users.c.username))
-            return [_user(r) for r in rows]
+        return await self._all(UserRecord, select(t.users).order_by(t.users.c.username))
 
     async def set_disabled(self, user_id: str, disabled: bool) -> UserRecord:
         """Disable (or enable again) an account. A disabled user's sessions and keys stop
@@ -162,31 +168,20 @@ class UserStore:
         return _session(row)
 
     async def get_session_by_token(self, token_hash: str) -> SessionRecord | None:
-        async with self.store.autocommit.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(t.user_sessions).where(t.user_sessions.c.token_hash == token_hash)
-                )
-            ).first()
-        return _session(row) if row is not None else None
+        query = select(t.user_sessions).where(t.user_sessions.c.token_hash == token_hash)
+        return await self._first(SessionRecord, query)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        async with self.store.autocommit.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(t.user_sessions).where(t.user_sessions.c.id == session_id)
-                )
-            ).first()
-        return _session(row) if row is not None else None
+        query = select(t.user_sessions).where(t.user_sessions.c.id == session_id)
+        return await self._first(SessionRecord, query)
 
     async def family_sessions(self, family_id: str) -> list[SessionRecord]:
-        async with self.store.autocommit.connect() as conn:
-            rows = await conn.execute(
-                select(t.user_sessions)
-                .where(t.user_sessions.c.family_id == family_id)
-                .order_by(t.user_sessions.c.created_at, t.user_sessions.c.id)
-            )
-            return [_session(r) for r in rows]
+        query = (
+            select(t.user_sessions)
+            .where(t.user_sessions.c.family_id == family_id)
+            .order_by(t.user_sessions.c.created_at, t.user_sessions.c.id)
+        )
+        return await self._all(SessionRecord, query)
 
     async def rotate_session(
         self,
@@ -304,25 +299,19 @@ class UserStore:
         return _api_key(row)
 
     async def get_api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        async with self.store.autocommit.connect() as conn:
-            row = (
-                await conn.execute(select(t.api_keys).where(t.api_keys.c.key_hash == key_hash))
-            ).first()
-        return _api_key(row) if row is not None else None
+        query = select(t.api_keys).where(t.api_keys.c.key_hash == key_hash)
+        return await self._first(ApiKeyRecord, query)
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        async with self.store.autocommit.connect() as conn:
-            row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
-        return _api_key(row) if row is not None else None
+        return await self._first(ApiKeyRecord, select(t.api_keys).where(t.api_keys.c.id == key_id))
 
     async def list_api_keys(self, user_id: str) -> list[ApiKeyRecord]:
-        async with self.store.autocommit.connect() as conn:
-            rows = await conn.execute(
-                select(t.api_keys)
-                .where(t.api_keys.c.user_id == user_id)
-                .order_by(t.api_keys.c.created_at, t.api_keys.c.id)
-            )
-            return [_api_key(r) for r in rows]
+        query = (
+            select(t.api_keys)
+            .where(t.api_keys.c.user_id == user_id)
+            .order_by(t.api_keys.c.created_at, t.api_keys.c.id)
+        )
+        return await self._all(ApiKeyRecord, query)
 
     async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
         """Revoke `user_id`'s key `key_id`. False when that user has no such key. Revoking
