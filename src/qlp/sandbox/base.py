@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from qlp.errors import UserInputError
+from qlp.errors import SandboxError, UserInputError
 
 WORKSPACE = "/workspace"
 MiB = 1024 * 1024
@@ -161,6 +161,37 @@ def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if any(not isinstance(a, str) or "\0" in a for a in argv):
         raise UserInputError("sandbox arguments must be text without NUL characters")
     return tuple(argv)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `run` call's arguments, checked and completed with the session's defaults."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    limits: Limits
+    cwd: str
+
+
+def prepare_command(
+    *,
+    closed: bool,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    limits: Limits | None,
+    default_limits: Limits,
+    path: str,
+    cwd: str,
+) -> Command:
+    """What every backend's `run` checks before it starts anything."""
+    if closed:
+        raise SandboxError("this sandbox session is closed")
+    return Command(
+        argv=check_argv(argv),
+        env=merged_env(env, path),
+        limits=limits or default_limits,
+        cwd=check_cwd(cwd),
+    )
 
 
 def check_cwd(cwd: str) -> str:

@@ -41,9 +41,7 @@ from qlp.sandbox.base import (
     ExecResult,
     KilledReason,
     Limits,
-    check_argv,
-    check_cwd,
-    merged_env,
+    prepare_command,
 )
 from qlp.sandbox.cgroups import Cgroup, CgroupManager
 from qlp.sandbox.process import run_process
@@ -327,12 +325,17 @@ class BubblewrapSession:
         cwd: str = WORKSPACE,
         stdin: bytes | None = None,
     ) -> ExecResult:
-        if self.closed:
-            raise SandboxError("this sandbox session is closed")
         sb = self.sandbox
-        args = check_argv(argv)
-        lim = limits or sb.default_limits
-        full_env = merged_env(env, runtime_path(sb.config.runtime))
+        command = prepare_command(
+            closed=self.closed,
+            argv=argv,
+            env=env,
+            limits=limits,
+            default_limits=sb.default_limits,
+            path=runtime_path(sb.config.runtime),
+            cwd=cwd,
+        )
+        args, lim, full_env = command.argv, command.limits, command.env
         ident: Identity = sb.identity
         fds: list[int] = []
         group: Cgroup | None = None
@@ -354,7 +357,7 @@ class BubblewrapSession:
                 cmd = [*sb._launcher(), *sb._bwrap_args(ws_fd, network=self.network)]
             cmd += ["--ro-bind-data", str(passwd_fd), "/etc/passwd"]
             cmd += ["--ro-bind-data", str(group_fd), "/etc/group"]
-            cmd += ["--remount-ro", "/", "--chdir", check_cwd(cwd), "--clearenv"]
+            cmd += ["--remount-ro", "/", "--chdir", command.cwd, "--clearenv"]
             for key, value in full_env.items():
                 cmd += ["--setenv", key, value]
             cmd += ["--seccomp", str(bpf_fd)]

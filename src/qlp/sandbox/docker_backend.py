@@ -35,9 +35,7 @@ from qlp.sandbox.base import (
     ExecResult,
     KilledReason,
     Limits,
-    check_argv,
-    check_cwd,
-    merged_env,
+    prepare_command,
 )
 from qlp.sandbox.output import CappedBuffer
 from qlp.sandbox.rlimits import classify
@@ -302,12 +300,16 @@ class DockerSession:
         cwd: str = WORKSPACE,
         stdin: bytes | None = None,
     ) -> ExecResult:
-        if self.closed:
-            raise SandboxError("this sandbox session is closed")
-        args = check_argv(argv)
-        lim = limits or self.sandbox.default_limits
-        full_env = merged_env(env, self.sandbox.config.path)
-        cwd = check_cwd(cwd)
+        command = prepare_command(
+            closed=self.closed,
+            argv=argv,
+            env=env,
+            limits=limits,
+            default_limits=self.sandbox.default_limits,
+            path=self.sandbox.config.path,
+            cwd=cwd,
+        )
+        args, lim, full_env, cwd = command.argv, command.limits, command.env, command.cwd
         import docker.errors
 
         async with self._lock:

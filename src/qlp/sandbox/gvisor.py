@@ -37,9 +37,7 @@ from qlp.sandbox.base import (
     ExecResult,
     KilledReason,
     Limits,
-    check_argv,
-    check_cwd,
-    merged_env,
+    prepare_command,
 )
 from qlp.sandbox.cgroups import CgroupManager
 from qlp.sandbox.process import run_process
@@ -242,20 +240,23 @@ class GvisorSession:
         cwd: str = WORKSPACE,
         stdin: bytes | None = None,
     ) -> ExecResult:
-        if self.closed:
-            raise SandboxError("this sandbox session is closed")
         sb = self.sandbox
-        args = check_argv(argv)
-        lim = limits or sb.default_limits
-        full_env = merged_env(env, runtime_path(sb.config.runtime))
+        command = prepare_command(
+            closed=self.closed,
+            argv=argv,
+            env=env,
+            limits=limits,
+            default_limits=sb.default_limits,
+            path=runtime_path(sb.config.runtime),
+            cwd=cwd,
+        )
+        args, lim, full_env = command.argv, command.limits, command.env
         container_id = f"qlp-{secrets.token_hex(8)}"
         bundle = Path(tempfile.mkdtemp(prefix="qlp-runsc-bundle-"))
         assert sb._cgroups is not None
         group = await asyncio.to_thread(sb._cgroups.create, "gvisor")
         try:
-            spec = sb.spec(
-                self._workspace, args, full_env, check_cwd(cwd), lim, network=self.network
-            )
+            spec = sb.spec(self._workspace, args, full_env, command.cwd, lim, network=self.network)
             (bundle / "config.json").write_text(json.dumps(spec))
             # gVisor's own processes (sentry, gofer) count against pids.max: leave them room.
             group.set_limits(lim.memory_bytes, lim.pids + 64, lim.cpus)
