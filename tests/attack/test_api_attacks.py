@@ -262,3 +262,16 @@ def test_submission_flood_is_rate_limited(strict_server: ApiServer) -> None:
         listed = c.get("/intents", params={"q": "flood"}).json()["items"]
     assert codes == [202, 202, 202, 429, 429]
     assert len(listed) == 3  # nothing was stored for the refused ones
+
+
+def test_refresh_attempts_are_limited_per_client_address(strict_server: ApiServer) -> None:
+    def refresh_from(address: str) -> int:
+        transport = httpx.HTTPTransport(local_address=address)
+        with httpx.Client(base_url=f"{strict_server.base}/api/v1", transport=transport) as c:
+            r = c.post("/auth/refresh", json={"refresh_token": "qlr_guess"})
+            return r.status_code
+
+    # Guessing refresh tokens from one address runs into the limit ...
+    assert [refresh_from("127.0.0.2") for _ in range(6)] == [401] * 5 + [429]
+    # ... which belongs to that address, not to everyone who refreshes.
+    assert refresh_from("127.0.0.3") == 401

@@ -41,6 +41,10 @@ class RateLimits:
         many names nor many addresses trying one name gets more than the limit."""
         self._hit(self._login, "login", f"ip:{client_ip}", f"user:{username.lower()}")
 
+    def refresh(self, client_ip: str) -> None:
+        """Refreshes share the login budget of the client address (not of any account)."""
+        self._hit(self._login, "login", f"ip:{client_ip}")
+
     def submit(self, user_id: str) -> None:
         self._hit(self._submit, "submission", f"user:{user_id}")
 

@@ -56,7 +56,7 @@ async def login(body: LoginIn, request: Request, svc: Svc) -> TokenOut:
 
 @router.post("/refresh", name="auth.refresh", response_model=TokenOut)
 async def refresh(body: RefreshIn, request: Request, svc: Svc) -> TokenOut:
-    svc.limits.login(client_ip(request), "refresh")
+    svc.limits.refresh(client_ip(request))
     pair = await svc.auth.refresh(
         body.refresh_token,
         client_ip=client_ip(request),
