@@ -22,7 +22,7 @@ from qlp.api.routes.intents import visible_intent
 from qlp.api.security import ws_caller
 from qlp.domain import events as ev
 from qlp.domain.events import Event
-from qlp.errors import QLPError
+from qlp.errors import QLPError, UserInputError
 
 router = APIRouter(tags=["intents"])
 
@@ -52,12 +52,11 @@ async def stream(websocket: WebSocket, intent_id: str, after: int = 0) -> None:
     await websocket.accept()
     try:
         if after < 0:
-            raise QLPError("after: must be 0 or more")
+            raise UserInputError("after: must be 0 or more")
         principal = await ws_caller(websocket, svc)
         intent = await visible_intent(svc, principal, intent_id)
     except QLPError as exc:
         status, code, _ = classify(exc)
-        status = 400 if status == 500 else status
         await websocket.send_json({"type": "error", "code": code, "detail": exc.message})
         await websocket.close(code=4000 + status, reason=code)
         return
