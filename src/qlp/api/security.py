@@ -15,7 +15,7 @@ import structlog
 from fastapi import Depends, Request, WebSocket
 
 from qlp.api.context import Service, service
-from qlp.auth.base import Principal
+from qlp.auth.base import Principal, Role
 from qlp.errors import AuthError, NotFoundError, PermissionDeniedError
 
 _SCHEME = "bearer "
@@ -64,7 +64,7 @@ async def ws_caller(websocket: WebSocket, svc: Service) -> Principal:
 
 def owner_filter(principal: Principal) -> str | None:
     """The owner to restrict listings to (None: everyone's)."""
-    return None if principal.is_admin or principal.role.value == "viewer" else principal.user_id
+    return None if principal.is_admin or principal.role is Role.VIEWER else principal.user_id
 
 
 def can_read(principal: Principal, owner: str | None) -> bool:

@@ -48,7 +48,8 @@ class IntentRunner:
         self.queries = IntentQueries(pipeline.store)
         self.max_running = max_running
         self.max_active_per_user = max_active_per_user
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # (intent id, resume): a resumed intent may start from failed or cancelled.
+        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -168,13 +169,11 @@ class IntentRunner:
         if intent_id in self._waiting or intent_id in self._running:
             return
         self._waiting.add(intent_id)
-        self._queue.put_nowait(("+" if resume else "") + intent_id)
+        self._queue.put_nowait((intent_id, resume))
 
     async def _worker(self) -> None:
         while True:
-            item = await self._queue.get()
-            resume = item.startswith("+")
-            intent_id = item.lstrip("+")
+            intent_id, resume = await self._queue.get()
             self._waiting.discard(intent_id)
             task = asyncio.create_task(self._run_one(intent_id, resume), name=intent_id)
             self._running[intent_id] = task

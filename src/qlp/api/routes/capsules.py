@@ -74,11 +74,8 @@ async def download(capsule_id: str, principal: Caller, svc: Svc) -> StreamingRes
     """The capsule as stored, checked against the size and sha256 recorded when it was
     built (the store refuses a changed object), streamed in chunks."""
     record = await _visible(svc, principal, capsule_id)
-    tmp_dir = svc.settings.home / "tmp"
-    await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix="download-", suffix=SUFFIX, dir=tmp_dir)
+    fd, path = await _scratch_file(svc, "download-")
     os.close(fd)
-    path = Path(name)
     try:
         await asyncio.to_thread(svc.capsules.get, record.uri, path)
     except BaseException:
@@ -95,6 +92,14 @@ async def download(capsule_id: str, principal: Caller, svc: Svc) -> StreamingRes
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+async def _scratch_file(svc: Service, prefix: str) -> tuple[int, Path]:
+    """A new private file (0600, open) under QLP_HOME/tmp for a capsule passing through."""
+    folder = svc.settings.home / "tmp"
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=SUFFIX, dir=folder)
+    return fd, Path(name)
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:
@@ -125,10 +130,7 @@ async def verify(request: Request, principal: Caller, svc: Svc) -> dict[str, Any
     """Upload a capsule as the raw request body (`curl --data-binary @x.qlcapsule`) and get
     the verification report: every entry's hash and the signature against THIS server's
     signing key (`signed_by_this_server`) as well as against the key the manifest names."""
-    tmp_dir = svc.settings.home / "tmp"
-    await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix="verify-", suffix=SUFFIX, dir=tmp_dir)
-    path = Path(name)
+    fd, path = await _scratch_file(svc, "verify-")
     try:
         size = 0
         with os.fdopen(fd, "wb") as out:
