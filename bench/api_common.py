@@ -122,8 +122,7 @@ def service(
     with private_postgres() as (url, home), fake_llm({"responses": list(script)}, latency) as llm:
         base_url, llm_pid = llm
         server = ApiServer(server_env(home, url, base_url, **dict(env or {})), cwd=home)
-        for name, role in users:
-            server.create_user(name, PASSWORD, role)
+        server.create_users(PASSWORD, dict(users))
         with running(server):
             yield Service(server, home, llm_pid)
 

@@ -116,12 +116,19 @@ class ApiServer:
         return Settings(home=Path(self.env["QLP_HOME"]), database_url=self.env["QLP_DATABASE_URL"])
 
     def create_user(self, username: str, password: str, role: str = "member") -> None:
+        self.create_users(password, {username: role})
+
+    def create_users(self, password: str, roles: dict[str, str]) -> None:
+        """Users (name -> role) with one password, over one database connection."""
+
         async def create() -> None:
             settings = self.settings()
             async with open_runtime(settings) as rt:
-                # Servers of one test module share its database: a user may exist already.
-                with contextlib.suppress(ConflictError):
-                    await make_auth(settings, rt.store).create_user(username, password, Role(role))
+                auth = make_auth(settings, rt.store)
+                for username, role in roles.items():
+                    # Servers of one test module share its database: a user may exist already.
+                    with contextlib.suppress(ConflictError):
+                        await auth.create_user(username, password, Role(role))
 
         asyncio.run(create())
 

@@ -27,7 +27,8 @@ def api(
     server = ApiServer(
         server_env(home, db_url, llm.base_url, QLP_LOGIN_RATE_PER_MINUTE="1000"), cwd=home
     )
-    for name, role in (("root", "admin"), ("ann", "member"), ("bob", "member"), ("vic", "viewer")):
-        server.create_user(name, PASSWORD, role)
+    server.create_users(
+        PASSWORD, {"root": "admin", "ann": "member", "bob": "member", "vic": "viewer"}
+    )
     with running(server):
         yield server
