@@ -44,6 +44,7 @@ from qlp.store.base import (
     LLMCallRecord,
     TaskRecord,
     Totals,
+    from_row,
 )
 
 
@@ -529,16 +530,7 @@ class Store:
             rows = await conn.execute(
                 select(t.files).where(t.files.c.intent_id == intent_id).order_by(t.files.c.path)
             )
-            return {
-                r.path: FileRecord(
-                    path=r.path,
-                    sha256=r.sha256,
-                    size=r.size,
-                    task_id=r.task_id,
-                    updated_at=r.updated_at,
-                )
-                for r in rows
-            }
+            return {r.path: from_row(FileRecord, r) for r in rows}
 
     async def record_task_output(
         self,

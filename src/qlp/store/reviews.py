@@ -16,6 +16,7 @@ from qlp.domain import events as ev
 from qlp.domain.events import Event
 from qlp.errors import NotFoundError, UserInputError
 from qlp.store import schema as t
+from qlp.store.base import from_row
 from qlp.store.repository import Store, utcnow
 
 
@@ -117,19 +118,7 @@ class ReviewStore:
                 .where(t.validations.c.intent_id == intent_id)
                 .order_by(t.validations.c.id)
             )
-            return [
-                ValidationRecord(
-                    intent_id=r.intent_id,
-                    round=r.round,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    digest=r.digest,
-                    ok=r.ok,
-                    report=r.report,
-                    created_at=r.created_at,
-                )
-                for r in rows
-            ]
+            return [from_row(ValidationRecord, r) for r in rows]
 
     async def open_round(
         self,
@@ -312,15 +301,4 @@ class ReviewStore:
 
 
 def capsule_record(r: Row[Any]) -> CapsuleRecord:
-    return CapsuleRecord(
-        id=r.id,
-        intent_id=r.intent_id,
-        version=r.version,
-        parent=r.parent,
-        size=r.size,
-        sha256=r.sha256,
-        uri=r.uri,
-        scores=dict(r.scores),
-        decision=r.decision,
-        created_at=r.created_at,
-    )
+    return from_row(CapsuleRecord, r)
