@@ -498,3 +498,33 @@ async def test_saving_a_plan_again_replaces_its_tasks_and_a_refused_one_says_why
     assert out.intent.plan == second.model_dump(mode="json")
     assert [e.type for e in out.events].count("intent.planned") == 2
     assert [e.seq for e in out.events] == list(range(1, len(out.events) + 1))
+
+
+async def test_a_start_committed_alongside_its_call_still_comes_first(
+    qlp_home: Path, db_url: str
+) -> None:
+    """The start commits (the intent's planning, each task's running) run while the model
+    call is already out; here they are made slower than the (instant) model, and every
+    call must still be recorded after the start it belongs to."""
+    async with scenario(qlp_home, db_url, dag_script(DIAMOND)) as (rt, _server):
+        real_task_status = rt.store.set_task_status
+        real_intent_status = rt.store.set_intent_status
+
+        async def set_task_status(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.2)
+            return await real_task_status(*args, **kwargs)
+
+        async def set_intent_status(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.2)
+            return await real_intent_status(*args, **kwargs)
+
+        rt.store.set_task_status = set_task_status  # type: ignore[method-assign]
+        rt.store.set_intent_status = set_intent_status  # type: ignore[method-assign]
+        out = await run_intent(rt)
+    assert out.intent.status == IntentStatus.COMPLETED, out.intent.error
+    seq = {(e.type, e.payload.get("task_id")): e.seq for e in out.events}
+    usage = {e.payload.get("task_id"): e.seq for e in out.events if e.type == "llm.usage"}
+    planning = next(e.seq for e in out.events if e.type == "intent.planning")
+    assert planning < usage[None]  # the planner's call
+    for task_id in DIAMOND:
+        assert seq[("task.started", task_id)] < usage[task_id], task_id
