@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -118,6 +119,85 @@ async def test_only_an_isolated_loopback_interface(session: SandboxSession) -> N
     result = await session.run(py("import socket; print([n for _, n in socket.if_nameindex()])"))
     assert result.ok, result.stderr
     assert result.stdout.strip() == "['lo']"
+
+
+SOCKET_FAMILIES = """
+import socket
+families = {
+    "vsock": (socket.AF_VSOCK, socket.SOCK_STREAM),
+    "packet": (socket.AF_PACKET, socket.SOCK_RAW),
+    "alg": (38, socket.SOCK_SEQPACKET),
+    "bluetooth": (31, socket.SOCK_STREAM),
+    "rds": (21, socket.SOCK_SEQPACKET),
+    "unix": (socket.AF_UNIX, socket.SOCK_STREAM),
+    "inet": (socket.AF_INET, socket.SOCK_STREAM),
+    "inet6": (socket.AF_INET6, socket.SOCK_STREAM),
+    "netlink": (socket.AF_NETLINK, socket.SOCK_DGRAM),
+}
+def opener(family, kind):
+    return lambda: socket.socket(family, kind).close()
+attempts = [(name, opener(*args)) for name, args in families.items()]
+# socketpair is the other door to a socket; the family's upper half is ignored by the kernel.
+attempts.append(("vsock_pair", lambda: socket.socketpair(socket.AF_VSOCK)))
+attempts.append(
+    ("vsock_high_bits", lambda: call(libc.syscall, 41, (1 << 32) | socket.AF_VSOCK, 1, 0))
+)
+"""
+
+
+async def test_only_allowed_socket_families(session: SandboxSession) -> None:
+    """vsock ignores network namespaces: a sandbox could listen on the host's vsock ports or
+    reach the hypervisor. Only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK may be opened."""
+    result = await session.run(errno_probe(LIBC, SOCKET_FAMILIES))
+    assert result.ok, result.stderr
+    found = json.loads(result.stdout)
+    allowed = {"unix", "inet", "inet6", "netlink"}
+    assert {k for k, v in found.items() if v == "ok"} == allowed, found
+    assert all(v == "EPERM" for k, v in found.items() if k not in allowed), found
+
+
+# i386's socketcall(SYS_SOCKET, [AF_VSOCK, SOCK_STREAM, 0]) by `int 0x80`: the one way to make
+# a socket whose family a filter on socket(2) does not see. The machine code runs from a page
+# below 4 GiB (MAP_32BIT) that also holds the arguments; it returns eax to Python.
+SOCKETCALL = r"""
+import ctypes, mmap, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+MAP_32BIT = 0x40
+page = libc.mmap(None, 4096, 7, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_32BIT, -1, 0)
+args = page + 256
+ctypes.memmove(args, struct.pack("<III", 40, 1, 0), 12)
+code = (b"\x53"                                   # push rbx
+        b"\xb8\x66\x00\x00\x00"                   # mov eax, 102 (socketcall)
+        b"\xbb\x01\x00\x00\x00"                   # mov ebx, 1 (SYS_SOCKET)
+        b"\xb9" + struct.pack("<I", args) +       # mov ecx, args
+        b"\xcd\x80"                               # int 0x80
+        b"\x5b\xc3")                              # pop rbx; ret
+ctypes.memmove(page, code, len(code))
+fn = ctypes.CFUNCTYPE(ctypes.c_int)(page)
+ret = fn()
+# A runtime may read eax as a 64-bit call instead (gVisor: 102 is getuid): only a socket
+# descriptor of the vsock family would be a success.
+import os, socket, stat
+try:
+    is_sock = ret >= 0 and stat.S_ISSOCK(os.fstat(ret).st_mode)
+except OSError:
+    is_sock = False
+family = socket.socket(fileno=os.dup(ret)).family if is_sock else None
+print("returned", ret, int(family) if family is not None else "no-socket", flush=True)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="i386 entry is x86_64's")
+async def test_i386_socketcall_cannot_open_vsock(session: SandboxSession) -> None:
+    result = await session.run(["python", "-c", SOCKETCALL])
+    # Killed by the filter (SIGSYS) or refused: never a socket (a descriptor >= 0).
+    if result.stdout.startswith("returned"):
+        assert result.stdout.split()[2] != "40", result.stdout
+    else:
+        assert result.signal == signal.SIGSYS, result
 
 
 # -- reading the host ---------------------------------------------------------------------
@@ -334,6 +414,63 @@ async def test_file_past_the_size_limit(session: SandboxSession, workspace: Path
     assert (workspace / "big").stat().st_size <= 1 * MiB
 
 
+FILL_TMPFS = """
+import errno, json, os, sys
+report = {}
+for top in ("/tmp", "/dev/shm"):
+    total, n, error = 0, 0, None
+    block = b"x" * (1 << 20)
+    while error is None and total < (4 << 30):
+        try:
+            with open(f"{top}/fill-{n}", "wb") as fh:  # files under the file-size limit
+                for _ in range(4):
+                    fh.write(block)
+                    fh.flush()
+                    total += len(block)
+        except OSError as exc:
+            error = errno.errorcode.get(exc.errno, str(exc.errno))
+        n += 1
+    report[top] = [total, error]
+    for i in range(n):
+        try:
+            os.unlink(f"{top}/fill-{i}")
+        except OSError:
+            pass
+print(json.dumps(report))
+"""
+
+
+async def _fill_tmpfs(session: SandboxSession) -> dict[str, list[object]]:
+    result = await session.run(
+        ["python", "-c", FILL_TMPFS], limits=LIMITS.with_(memory_bytes=256 * MiB, timeout_s=60)
+    )
+    assert result.ok, result
+    report: dict[str, list[object]] = json.loads(result.stdout)
+    return report
+
+
+async def test_tmpfs_mounts_are_bounded_by_the_memory_limit(session: SandboxSession) -> None:
+    """/tmp and /dev/shm are memory: together they stay within the memory limit (256 MiB)."""
+    report = await _fill_tmpfs(session)
+    assert report["/tmp"][1] == "ENOSPC" and report["/dev/shm"][1] == "ENOSPC", report
+    assert int(report["/tmp"][0]) + int(report["/dev/shm"][0]) <= 256 * MiB, report  # type: ignore[call-overload]
+
+
+async def test_tmpfs_is_bounded_without_cgroups_too(workspace: Path) -> None:
+    """rlimits-only mode: RLIMIT_AS does not count tmpfs pages, the mount's size does."""
+    from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    sandbox = BubblewrapSandbox(
+        BubblewrapConfig(runtime=runtime_dir(), default_limits=LIMITS, cgroups="off")
+    )
+    async with sandbox.session(workspace) as s:
+        report = await _fill_tmpfs(s)
+    assert report["/tmp"][1] == "ENOSPC" and report["/dev/shm"][1] == "ENOSPC", report
+    assert int(report["/tmp"][0]) + int(report["/dev/shm"][0]) <= 256 * MiB, report  # type: ignore[call-overload]
+
+
 def _host_processes_matching(marker: str) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
@@ -474,12 +611,15 @@ async def test_dangerous_syscalls_are_denied(session: SandboxSession) -> None:
 
 
 async def test_host_is_healthy_afterwards(sandbox: Sandbox, workspace: Path) -> None:
-    """After the bombs: the backend still runs ordinary work, and no cgroup is left over."""
+    """After the bombs: the backend still runs ordinary work, and no cgroup of this test
+    process is left over (other QLP processes on the machine may hold cgroups of their own;
+    the owner's pid is in each name)."""
     async with sandbox.session(workspace) as s:
         result = await s.run(py("print(sum(range(10)))"))
     assert result.ok and result.stdout.strip() == "45", result
+    mine = f"qlp-sbx-*-{os.getpid()}-*"
     leftovers = subprocess.run(
-        ["sh", "-c", "find /sys/fs/cgroup -maxdepth 6 -type d -name 'qlp-sbx-*' 2>/dev/null"],
+        ["find", "/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", mine],
         capture_output=True,
         text=True,
         check=False,

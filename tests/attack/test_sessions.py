@@ -161,3 +161,33 @@ async def test_bubblewrap_stages_a_workspace_under_a_private_directory(
         holder = s.stage.proc
     assert result.stdout == "staged\n"
     assert holder is not None and holder.poll() is not None  # the holder is gone
+
+
+async def test_programs_can_start_threads(session: SandboxSession) -> None:
+    """gVisor answered clone3 with EPERM (not the profile's ENOSYS), so the C library never
+    fell back to clone and no threaded program (ruff, semgrep, a threaded test) could run."""
+    result = await session.run(
+        [
+            "python",
+            "-c",
+            "import threading\n"
+            "out = []\n"
+            "ts = [threading.Thread(target=out.append, args=(i,)) for i in range(4)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print(sorted(out))",
+        ]
+    )
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == "[0, 1, 2, 3]"
+
+
+async def test_debian_alternatives_resolve(sandbox: Sandbox, workspace: Path) -> None:
+    """awk, which, cc, nodejs... are links through /etc/alternatives; without it they dangle."""
+    if sandbox.name == "docker":
+        pytest.skip("the docker image carries its own tools, not the host's alternatives")
+    if not os.path.isdir("/etc/alternatives") or not os.path.exists("/usr/bin/awk"):
+        pytest.skip("this host has no Debian alternatives for awk")
+    async with sandbox.session(workspace) as s:
+        result = await s.run(["sh", "-c", "awk 'BEGIN { print 6 * 7 }'"])
+    assert result.ok, result.stderr
+    assert result.stdout == "42\n"

@@ -18,7 +18,7 @@ from qlp.config import SandboxBackend
 from qlp.engine.wiring import make_sandbox
 from qlp.errors import QLPError, SandboxError, UserInputError
 from qlp.sandbox.base import ExecResult, Sandbox
-from qlp.sandbox.selftest import SelfTest, self_test
+from qlp.sandbox.selftest import SelfTest, ptrace_policy, self_test
 
 app = typer.Typer(
     help="Check the sandbox backends on this host, or run one command in a sandbox.",
@@ -56,10 +56,12 @@ def check(
     """List the backends available here and self-test each (exit 1 if the configured one fails)."""
     configured = settings().sandbox
     reports: list[tuple[SelfTest, bool]] = [_check_one(name) for name in BACKENDS]
+    policy = ptrace_policy()
     if as_json:
         print_json(
             {
                 "configured": configured,
+                "host": {"ptrace_policy": policy},
                 "backends": [dict(r.to_dict(), available=avail) for r, avail in reports],
             }
         )
@@ -77,6 +79,7 @@ def check(
             verdict = "[green]passed[/]" if report.ok else "[red]FAILED[/]"
             table.add_row(report.backend + mark, "yes", verdict, detail or f"{report.seconds:.2f}s")
         console.print(table)
+        console.print(f"host ptrace policy: {policy}", highlight=False)
     mine = next(r for r, _ in reports if r.backend == configured)
     if not mine.ok:
         err_console.print(

@@ -200,6 +200,12 @@ def check_cwd(cwd: str) -> str:
     return cwd
 
 
+def tmpfs_sizes(limits: Limits) -> tuple[int, int]:
+    """Sizes of a command's /tmp and /dev/shm. Files there are memory: together they stay
+    within the memory limit, which without cgroups (rlimits only) would not count them."""
+    return limits.memory_bytes * 3 // 4, limits.memory_bytes // 4
+
+
 def signal_of(exit_code: int) -> int | None:
     """Shells and bwrap report death by signal N as 128+N."""
     return exit_code - 128 if 128 < exit_code < 128 + 65 else None

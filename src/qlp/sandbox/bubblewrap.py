@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import stat
@@ -42,9 +43,11 @@ from qlp.sandbox.base import (
     KilledReason,
     Limits,
     prepare_command,
+    tmpfs_sizes,
 )
 from qlp.sandbox.cgroups import Cgroup, CgroupManager
 from qlp.sandbox.process import run_process
+from qlp.sandbox.reaper import Reaper
 from qlp.sandbox.rlimits import PRLIMIT, classify, prlimit_argv
 from qlp.sandbox.runtime import check_runtime, runtime_path
 from qlp.sandbox.workspace import Identity, WorkspaceLease, check_workspace, sandbox_identity
@@ -199,7 +202,12 @@ class BubblewrapSandbox:
         if self.config.cgroups == "auto":
             self._cgroups, self._cgroup_note = CgroupManager.detect()
         probe = subprocess.run(  # noqa: S603 - fixed argv
-            [*self._launcher(), *self._bwrap_args(None, network=False), "--", "/usr/bin/true"],
+            [
+                *self._launcher(),
+                *self._bwrap_args(None, network=False, limits=self.default_limits),
+                "--",
+                "/usr/bin/true",
+            ],
             env=LAUNCHER_ENV,
             capture_output=True,
             timeout=30,
@@ -233,8 +241,11 @@ class BubblewrapSandbox:
             ]
         return [*args, "--", self._bwrap]
 
-    def _bwrap_args(self, workspace: int | Path | None, *, network: bool) -> list[str]:
+    def _bwrap_args(
+        self, workspace: int | Path | None, *, network: bool, limits: Limits
+    ) -> list[str]:
         runtime = str(self.config.runtime)
+        tmp_bytes, shm_bytes = tmpfs_sizes(limits)
         args = [
             "--unshare-all",
             "--unshare-user",
@@ -253,10 +264,21 @@ class BubblewrapSandbox:
             "--ro-bind-try",
             "/etc/localtime",
             "/etc/localtime",
+            # Debian's alternatives (awk, which, cc, nodejs...) are links through here.
+            "--ro-bind-try",
+            "/etc/alternatives",
+            "/etc/alternatives",
             "--proc",
             "/proc",
             "--dev",
             "/dev",
+            # tmpfs pages are memory that RLIMIT_AS does not see: size both from the limit.
+            "--size",
+            str(shm_bytes),
+            "--tmpfs",
+            "/dev/shm",  # noqa: S108 - the sandbox's own, private
+            "--size",
+            str(tmp_bytes),
             "--tmpfs",
             "/tmp",  # noqa: S108 - the sandbox's own, private
             # After /tmp: a runtime that lives under /tmp must not be hidden by it.
@@ -352,38 +374,45 @@ class BubblewrapSession:
             fds += [passwd_fd, group_fd]
             if self.stage is not None:
                 cmd = [*self.stage.prefix(), *sb._launcher()]
-                cmd += sb._bwrap_args(self.stage.target, network=self.network)
+                cmd += sb._bwrap_args(self.stage.target, network=self.network, limits=lim)
             else:
-                cmd = [*sb._launcher(), *sb._bwrap_args(ws_fd, network=self.network)]
+                cmd = [
+                    *sb._launcher(),
+                    *sb._bwrap_args(ws_fd, network=self.network, limits=lim),
+                ]
             cmd += ["--ro-bind-data", str(passwd_fd), "/etc/passwd"]
             cmd += ["--ro-bind-data", str(group_fd), "/etc/group"]
             cmd += ["--remount-ro", "/", "--chdir", command.cwd, "--clearenv"]
             for key, value in full_env.items():
                 cmd += ["--setenv", key, value]
             cmd += ["--seccomp", str(bpf_fd)]
-            after_spawn = None
             if sb._cgroups is not None:
                 group = await asyncio.to_thread(sb._cgroups.create, "run")
                 # +1: bwrap's own PID 1 lives in the cgroup beside the command.
                 group.set_limits(lim.memory_bytes, lim.pids + 1, lim.cpus)
-                info_r, info_w = os.pipe()
-                block_r, block_w = os.pipe()
-                fds += [info_r, info_w, block_r, block_w]
-                cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r)]
-                after_spawn = _cgroup_handshake(group, info_r, info_w, block_r, block_w, fds)
+            info_r, info_w = os.pipe()
+            block_r, block_w = os.pipe()
+            fds += [info_r, info_w, block_r, block_w]
+            cmd += ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+            init = SandboxInit(group, lim.timeout_s)
             cmd += ["--", *prlimit_argv(lim, cgroup=group is not None), *args]
             monitor = _monitor(group) if group is not None else None
-            raw = await run_process(
-                cmd,
-                env=LAUNCHER_ENV,
-                timeout_s=lim.timeout_s,
-                output_cap=lim.output_bytes,
-                stdin=stdin,
-                pass_fds=[fd for fd in fds if fd >= 0],
-                after_spawn=after_spawn,
-                monitor=monitor,
-                kill=group.kill_all if group is not None else None,
-            )
+            try:
+                raw = await run_process(
+                    cmd,
+                    env=LAUNCHER_ENV,
+                    timeout_s=lim.timeout_s,
+                    output_cap=lim.output_bytes,
+                    stdin=stdin,
+                    pass_fds=[fd for fd in fds if fd >= 0],
+                    after_spawn=init.handshake(info_r, info_w, block_r, block_w, fds),
+                    monitor=monitor,
+                    kill=init.kill,
+                )
+            finally:
+                # The command is over, however it ended: end its PID namespace with it, so
+                # nothing it started (or made of bwrap's PID 1) runs on.
+                await asyncio.to_thread(init.end)
             stats = group.stats() if group is not None else None
         finally:
             for fd in fds:
@@ -443,31 +472,82 @@ def _read_info(fd: int) -> int | None:
         return None
 
 
-def _cgroup_handshake(
-    group: Cgroup, info_r: int, info_w: int, block_r: int, block_w: int, fds: list[int]
-) -> Callable[[int], Awaitable[None]]:
-    """Once bwrap has made its namespaces it reports the child's pid on --info-fd and waits on
-    --block-fd; we move that child (the future PID 1) into the cgroup, then let it go on."""
+class SandboxInit:
+    """bwrap's PID 1, held by pidfd from before the command starts until nothing is left.
 
-    def close(fd: int) -> None:
-        os.close(fd)
-        fds[fds.index(fd)] = -1
+    bwrap reports that process's pid on --info-fd and waits on --block-fd; while it waits we
+    take a pidfd on it (no pid reuse can fool us), put it in the command's cgroup if there is
+    one, and register it with the reaper; then let it go on. The command can write that
+    process's memory (same uid, no Yama here), clear its parent-death signal and make it
+    outlive the run, so when the command ends it is killed through the pidfd: killing a PID
+    namespace's init kills everything in the namespace, and the pidfd turns readable only
+    once all of them are gone."""
 
-    async def handshake(pid: int) -> None:
-        close(info_w)
-        close(block_r)
-        try:
-            child = await asyncio.to_thread(_read_info, info_r)
-            if child is not None:
-                group.add(child)
-        except BaseException:
-            # Never let the command start outside its cgroup: bwrap goes on at EOF too.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            raise
-        finally:
+    END_WAIT_S = 30.0
+
+    def __init__(self, group: Cgroup | None, timeout_s: float) -> None:
+        self.group = group
+        self.timeout_s = timeout_s
+        self.pidfd: int | None = None
+        self.token: int | None = None
+
+    def handshake(
+        self, info_r: int, info_w: int, block_r: int, block_w: int, fds: list[int]
+    ) -> Callable[[int], Awaitable[None]]:
+        def close(fd: int) -> None:
+            os.close(fd)
+            fds[fds.index(fd)] = -1
+
+        async def handshake(pid: int) -> None:
+            close(info_w)
+            close(block_r)
+            try:
+                child = await asyncio.to_thread(_read_info, info_r)
+                if child is not None:
+                    await asyncio.to_thread(self._hold, child)
+            except BaseException:
+                # Never let the command start unheld: bwrap goes on at EOF too.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                raise
+            finally:
+                with contextlib.suppress(OSError):
+                    os.write(block_w, b"1")
+                close(block_w)
+
+        return handshake
+
+    def _hold(self, child: int) -> None:
+        self.pidfd = os.pidfd_open(child)
+        if self.group is not None:
+            self.group.add(child)
+        self.token = Reaper.get().watch(
+            timeout_s=self.timeout_s,
+            pidfd=self.pidfd,
+            cgroup=list(dict.fromkeys(self.group.dirs.values())) if self.group else None,
+        )
+
+    def kill(self) -> None:
+        if self.pidfd is not None:
             with contextlib.suppress(OSError):
-                os.write(block_w, b"1")
-            close(block_w)
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        if self.group is not None:
+            self.group.kill_all()
 
-    return handshake
+    def end(self) -> None:
+        """Kill the namespace and wait until it is empty (bounded), then let the reaper go."""
+        if self.pidfd is None:
+            return
+        try:
+            self.kill()
+            ready, _, _ = select.select([self.pidfd], [], [], self.END_WAIT_S)
+            if not ready:
+                raise SandboxError(
+                    f"the sandbox's processes did not end within {self.END_WAIT_S:.0f}s of "
+                    "being killed"
+                )
+        finally:
+            os.close(self.pidfd)
+            self.pidfd = None
+            if self.token is not None:
+                Reaper.get().forget(self.token)

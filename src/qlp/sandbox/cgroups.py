@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import signal
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+# qlp-sbx-<label>-<owner pid>-<random>
+OWNED = re.compile(r"^qlp-sbx-[a-z]+-(\d+)-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ def _keyed(text: str, key: str) -> int:
 def _int(text: str) -> int | None:
     text = text.strip()
     return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, value: str) -> None:
@@ -178,6 +191,7 @@ class CgroupManager:
                         v1[opt] = Path(fields[1]) / own_paths[opt].lstrip("/")
         if all(c in v1 for c in ("memory", "pids", "cpu")):
             mgr = cls(1, v1)
+            mgr.sweep()
             problem = mgr._probe()
             return (mgr, "cgroup v1") if problem is None else (None, problem)
         if v2 is not None and "unified" in own_paths:
@@ -193,9 +207,29 @@ class CgroupManager:
                         f"{base} ({exc.strerror})"
                     )
             mgr = cls(2, {"unified": base})
+            mgr.sweep()
             problem = mgr._probe()
             return (mgr, "cgroup v2") if problem is None else (None, problem)
         return None, "no cgroup hierarchy with memory, pids and cpu controllers is mounted"
+
+    def sweep(self) -> list[str]:
+        """Kill and remove the cgroups of QLP processes that are gone (a crash, SIGKILL, with
+        their reaper killed too). Another QLP's cgroups, alive, are left alone."""
+        removed: list[str] = []
+        for base in dict.fromkeys(self.bases.values()):
+            try:
+                names = [p.name for p in base.iterdir() if OWNED.match(p.name)]
+            except OSError:
+                continue
+            for name in names:
+                match = OWNED.match(name)
+                assert match is not None
+                if _alive(int(match.group(1))):
+                    continue
+                dirs = {c: b / name for c, b in self.bases.items() if (b / name).is_dir()}
+                Cgroup(self.version, dirs).remove()
+                removed.append(name)
+        return removed
 
     def _probe(self) -> str | None:
         try:
@@ -206,7 +240,9 @@ class CgroupManager:
         return None
 
     def create(self, label: str) -> Cgroup:
-        name = f"qlp-sbx-{label}-{secrets.token_hex(4)}"
+        # The owner's pid in the name: what a dead QLP left is recognised (`sweep`), and a
+        # QLP (or a test) can tell its own cgroups from another's on the same machine.
+        name = f"qlp-sbx-{label}-{os.getpid()}-{secrets.token_hex(4)}"
         made: dict[str, Path] = {}
         try:
             for ctrl, base in self.bases.items():

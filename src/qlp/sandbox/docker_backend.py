@@ -2,15 +2,24 @@
 
 One container per session, created on the first command and removed when the session ends;
 each command is a `docker exec` in it. The container: no network (network_mode=none), read-only
-root filesystem, tmpfs /tmp, every capability dropped, no-new-privileges, QLP's seccomp
-deny-list, memory (no swap) / pids / CPU limits, rlimits as ulimits, a non-root user, the
-workspace bind-mounted at /workspace, tini as PID 1. The Docker socket is never mounted.
+root filesystem, tmpfs /tmp and /dev/shm sized from the memory limit, every capability
+dropped, no-new-privileges, QLP's seccomp policy, memory (no swap) / pids / CPU limits,
+rlimits as ulimits, non-root users, the workspace bind-mounted at /workspace, tini as PID 1.
+The Docker socket is never mounted.
 
-A command that must be stopped (deadline, output cap, process limit) is stopped by killing the
-container: `docker exec` has no kill, and killing PID 1 takes every process of the session
-with it. The next command starts the container again (the workspace persists; /tmp does not).
-Container-level limits (memory, pids, CPUs, ulimits) come from the limits of the command that
-created the container; a command asking for different ones gets a fresh container.
+tini and the idle command run as a uid of their own (`init_uid`), commands as the sandbox uid:
+a command cannot write PID 1's memory through /proc (same uid, no Yama), and when a command
+ends, one `kill -9 -1` as the sandbox uid ends everything it left behind (a daemon, a
+double-forked sleeper), so nothing of a command outlives it. A command that must be stopped
+(deadline, output cap, process limit) is stopped by killing the container: `docker exec` has
+no kill, and killing PID 1 takes every process of the session with it. The next command
+starts the container again (the workspace persists; /tmp does not). Container-level limits
+(memory, pids, CPUs, ulimits) come from the limits of the command that created the
+container; a command asking for different ones gets a fresh container.
+
+Every container is labelled with its owner (host name and QLP's pid) and registered with the
+reaper, which removes it if QLP dies; what a crash left anyway (QLP and its reaper killed
+together) is removed by the next QLP on the same host when it checks the engine.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -36,10 +47,23 @@ from qlp.sandbox.base import (
     KilledReason,
     Limits,
     prepare_command,
+    tmpfs_sizes,
 )
 from qlp.sandbox.output import CappedBuffer
+from qlp.sandbox.reaper import Reaper
 from qlp.sandbox.rlimits import classify
-from qlp.sandbox.workspace import Identity, WorkspaceLease, check_workspace, sandbox_identity
+from qlp.sandbox.workspace import WorkspaceLease, check_workspace, sandbox_identity
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 INSTALL_HINT = (
     "install Docker (Debian: apt-get install docker.io), start the engine, "
@@ -49,8 +73,16 @@ DEFAULT_IMAGES = {"python": "qlp-sandbox-python:local"}
 CONTAINER_PATH = "/usr/local/bin:/usr/bin:/bin"
 CONTAINER_TMP = "/tmp"  # noqa: S108 - the container's own tmpfs
 IDLE_COMMAND = ["sleep", "infinity"]
+# Run as the sandbox uid after each command: every process of that uid in the container, but
+# PID 1 and the shell itself, is killed (kill(-1) stays inside the container's PID namespace).
+REAP_COMMAND = ["/bin/sh", "-c", "kill -9 -1 2>/dev/null; exit 0"]
 MONITOR_INTERVAL_S = 0.25
 LABEL = "qlp.sandbox"
+OWNER_LABEL = "qlp.owner"
+
+
+def owner_label(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
 
 @dataclass
@@ -60,7 +92,8 @@ class DockerConfig:
     default_limits: Limits = field(default_factory=Limits)
     uid: int = 65534
     gid: int = 65534
-    tmp_size_bytes: int = 256 * 1024 * 1024
+    # tini and the idle command: any uid but the sandbox's (see the module doc).
+    init_uid: int = 65533
     path: str = CONTAINER_PATH
 
 
@@ -75,6 +108,7 @@ class DockerSandbox:
         self.config = config
         self.default_limits = config.default_limits
         self._client: Any = None
+        self._swept = False
 
     def client(self) -> Any:
         if self._client is None:
@@ -123,6 +157,29 @@ class DockerSandbox:
                 "(QLP_SANDBOX_DOCKER_IMAGES)"
             ) from None
         self.identity = sandbox_identity(self.config.uid, self.config.gid)
+        if self.config.init_uid in (0, self.identity.uid):
+            raise SandboxError(
+                f"docker sandbox: the container's init uid ({self.config.init_uid}) must be "
+                f"neither 0 nor the sandbox uid ({self.identity.uid})"
+            )
+        if not self._swept:
+            self._swept = True
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Remove the containers that QLP processes on this host left when they died."""
+        host = socket.gethostname()
+        removed: list[str] = []
+        client = self.client()
+        for container in client.containers.list(all=True, filters={"label": LABEL}):
+            owner = container.labels.get(OWNER_LABEL, "")
+            name, _, pid = owner.rpartition(":")
+            if name != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+                removed.append(container.id)
+        return removed
 
     @asynccontextmanager
     async def session(
@@ -153,6 +210,7 @@ class DockerSession:
         self.container_id: str | None = None
         self._container_limits: tuple[int, int, float, int, int, int] | None = None
         self._needs_start = False
+        self._reaper_token: int | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -164,10 +222,10 @@ class DockerSession:
         from docker.types import Mount, Ulimit
 
         sb = self.sandbox
-        ident: Identity = sb.identity
         profile = json.dumps(seccomp.oci_profile())
         env = dict(BASE_ENV)
         env["PATH"] = sb.config.path
+        tmp_bytes, shm_bytes = tmpfs_sizes(lim)
         container = sb.client().containers.create(
             self.image,
             command=IDLE_COMMAND,
@@ -176,7 +234,8 @@ class DockerSession:
             detach=True,
             network_mode="bridge" if self.network else "none",
             read_only=True,
-            tmpfs={CONTAINER_TMP: f"rw,nosuid,nodev,size={sb.config.tmp_size_bytes},mode=1777"},
+            tmpfs={CONTAINER_TMP: f"rw,nosuid,nodev,size={tmp_bytes},mode=1777"},
+            shm_size=shm_bytes,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true", f"seccomp={profile}"],
             pids_limit=lim.pids + 2,  # + tini and the idle command
@@ -189,15 +248,18 @@ class DockerSession:
                 Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
                 Ulimit(name="core", soft=0, hard=0),
             ],
-            user=f"{ident.uid}:{ident.gid}",
-            working_dir=WORKSPACE,
+            user=f"{sb.config.init_uid}:{sb.config.init_uid}",
+            working_dir="/",
             hostname="qlp-sandbox",
             environment=env,
             mounts=[Mount(target=WORKSPACE, source=str(self._workspace), type="bind")],
             ipc_mode="private",
-            labels={LABEL: "1"},
+            labels={LABEL: "1", OWNER_LABEL: owner_label()},
         )
         self.container_id = container.id
+        self._reaper_token = Reaper.get().watch(
+            timeout_s=None, container=(sb.config.base_url, container.id)
+        )
         self._container_limits = _container_limits(lim)
         self._needs_start = True
 
@@ -225,8 +287,24 @@ class DockerSession:
             return
         with contextlib.suppress(Exception):
             self.sandbox.client().api.remove_container(self.container_id, force=True)
+        if self._reaper_token is not None:
+            Reaper.get().forget(self._reaper_token)
+            self._reaper_token = None
         self.container_id = None
         self._container_limits = None
+
+    def _reap_leftovers(self) -> None:
+        """End every process the command left in the container (see REAP_COMMAND)."""
+        api = self.sandbox.client().api
+        ident = self.sandbox.identity
+        exec_id = api.exec_create(
+            self.container_id, REAP_COMMAND, user=f"{ident.uid}:{ident.gid}", workdir="/"
+        )["Id"]
+        api.exec_start(exec_id)
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        if code != 0:
+            # Could not make sure: a fresh container for the next command, then.
+            self._kill()
 
     def _pids(self) -> tuple[int, int]:
         try:
@@ -324,6 +402,19 @@ class DockerSession:
         self, args: tuple[str, ...], env: dict[str, str], lim: Limits, cwd: str, stdin: bytes | None
     ) -> ExecResult:
         await asyncio.to_thread(self._ensure_container, lim)
+        # The command's deadline, kept by the reaper too in case QLP stalls or dies.
+        assert self.container_id is not None
+        token = Reaper.get().watch(
+            timeout_s=lim.timeout_s, container=(self.sandbox.config.base_url, self.container_id)
+        )
+        try:
+            return await self._exec_command(args, env, lim, cwd, stdin)
+        finally:
+            Reaper.get().forget(token)
+
+    async def _exec_command(
+        self, args: tuple[str, ...], env: dict[str, str], lim: Limits, cwd: str, stdin: bytes | None
+    ) -> ExecResult:
         out = CappedBuffer(lim.output_bytes)
         err = CappedBuffer(lim.output_bytes)
         killed: list[KilledReason] = []
@@ -404,6 +495,8 @@ class DockerSession:
         if oom and not killed:
             # The OOM killer took one process; end the session's others with it.
             await asyncio.to_thread(stop, KilledReason.MEMORY)
+        if not killed:
+            await asyncio.to_thread(self._reap_leftovers)
         cpu = None  # the engine has no per-exec CPU accounting (see module doc)
         reason, sig = classify(
             exit_code,

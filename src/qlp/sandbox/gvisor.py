@@ -38,15 +38,18 @@ from qlp.sandbox.base import (
     KilledReason,
     Limits,
     prepare_command,
+    tmpfs_sizes,
 )
 from qlp.sandbox.cgroups import CgroupManager
 from qlp.sandbox.process import run_process
+from qlp.sandbox.reaper import Reaper
 from qlp.sandbox.rlimits import classify, rlimit_values
 from qlp.sandbox.runtime import check_runtime, runtime_path
 from qlp.sandbox.workspace import WorkspaceLease, check_workspace, sandbox_identity
 
 INSTALL_HINT = "install gVisor (Debian: apt-get install runsc) and run QLP as root"
 LAUNCHER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+ALTERNATIVES = "/etc/alternatives"
 # Put this shell (and so everything it execs and forks) in each cgroup.procs given before
 # "--", then exec the rest: the runsc tree starts inside its cgroup, with no race.
 CGROUP_EXEC = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -60,7 +63,6 @@ class GvisorConfig:
     gid: int = 65534
     runsc: str = "runsc"
     platform: str | None = None
-    tmp_size_bytes: int = 256 * 1024 * 1024
 
 
 def _remove_dirs(*paths: Path) -> None:
@@ -104,7 +106,7 @@ class GvisorSandbox:
     def _make_rootfs(self) -> Path:
         root = Path(tempfile.mkdtemp(prefix="qlp-runsc-rootfs-"))
         root.chmod(0o755)
-        for name in ("usr", "workspace", "tmp", "proc", "dev", "etc"):
+        for name in ("usr", "workspace", "tmp", "proc", "dev", "etc", "etc/alternatives"):
             (root / name).mkdir()
         (root / str(self.config.runtime).lstrip("/")).mkdir(parents=True, exist_ok=True)
         for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -143,8 +145,15 @@ class GvisorSandbox:
     ) -> dict[str, Any]:
         assert self._rootfs is not None
         runtime = str(self.config.runtime)
+        tmp_bytes, shm_bytes = tmpfs_sizes(lim)
         ro = ["rbind", "ro", "nosuid", "nodev"]
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+        # Debian's alternatives (awk, which, cc, nodejs...) are links through here.
+        alternatives = (
+            [{"destination": ALTERNATIVES, "type": "bind", "source": ALTERNATIVES, "options": ro}]
+            if os.path.isdir(ALTERNATIVES)
+            else []
+        )
         if not network:
             namespaces.append({"type": "network"})
         return {
@@ -177,15 +186,22 @@ class GvisorSandbox:
                     "destination": "/tmp",  # noqa: S108 - inside the sandbox
                     "type": "tmpfs",
                     "source": "tmpfs",
-                    "options": ["nosuid", "nodev", f"size={self.config.tmp_size_bytes}"],
+                    "options": ["nosuid", "nodev", f"size={tmp_bytes}"],
+                },
+                {
+                    "destination": "/dev/shm",  # noqa: S108 - inside the sandbox
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "noexec", f"size={shm_bytes}"],
                 },
                 {"destination": "/proc", "type": "proc", "source": "proc"},
+                *alternatives,
                 # After /tmp: a runtime that lives under /tmp must not be hidden by it.
                 {"destination": runtime, "type": "bind", "source": runtime, "options": ro},
             ],
             "linux": {
                 "namespaces": namespaces,
-                "seccomp": seccomp.oci_profile(),
+                "seccomp": seccomp.oci_profile(clone3=True),
             },
         }
 
@@ -276,16 +292,26 @@ class GvisorSession:
                     return KilledReason.CPU
                 return None
 
-            raw = await run_process(
-                cmd,
-                env=LAUNCHER_ENV,
+            # If QLP dies or stalls, the reaper ends the sandbox (its cgroup holds every
+            # process of it, sentry and gofer included) and deletes runsc's record of it.
+            token = Reaper.get().watch(
                 timeout_s=lim.timeout_s,
-                output_cap=lim.output_bytes,
-                stdin=stdin,
-                monitor=monitor,
-                kill=group.kill_all,
+                cgroup=list(dict.fromkeys(group.dirs.values())),
+                runsc=(sb._runsc_args(network=self.network), container_id),
             )
-            stats = group.stats()
+            try:
+                raw = await run_process(
+                    cmd,
+                    env=LAUNCHER_ENV,
+                    timeout_s=lim.timeout_s,
+                    output_cap=lim.output_bytes,
+                    stdin=stdin,
+                    monitor=monitor,
+                    kill=group.kill_all,
+                )
+                stats = group.stats()
+            finally:
+                Reaper.get().forget(token)
         finally:
             await asyncio.to_thread(group.remove)
             await asyncio.to_thread(sb._forget, container_id)

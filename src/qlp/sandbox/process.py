@@ -99,7 +99,8 @@ async def run_process(
     monitor: Callable[[], KilledReason | None] | None = None,
     kill: Callable[[], None] | None = None,
 ) -> RawResult:
-    """Start argv, collect its output, enforce the deadline; `kill` must end the whole tree."""
+    """Start argv, collect its output, enforce the deadline. `kill` must end the whole tree:
+    it is called to stop the command, and again once the launcher has exited."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     # Popen returns once the child has exec'd; it never waits for it to finish.
@@ -166,6 +167,9 @@ async def run_process(
         _, status, usage = os.wait4(proc.pid, 0)  # noqa: ASYNC222
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
+        if kill is not None:
+            # The launcher is gone; whatever of the tree is left must not outlive it.
+            kill()
         if monitor is not None and not killed:
             reason = monitor()
             if reason is not None:

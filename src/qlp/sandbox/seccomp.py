@@ -10,8 +10,13 @@ Policy: syscalls that reach kernel attack surface or host-wide state are refused
 (tracing other processes, mounting, BPF, kexec, keyrings, perf, userfaultfd, module loading,
 namespace creation, clock/host settings, io_uring, handle-based opens). clone is allowed
 unless it asks for a new namespace; clone3, whose flags live in memory a filter cannot read,
-answers ENOSYS so that the C library falls back to clone. Any other architecture (the i386 or
-x32 syscall tables on x86_64) is refused outright, since the numbers below would not apply.
+answers ENOSYS so that the C library falls back to clone. socket and socketpair are allowed
+for an allow-list of address families only (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK); every
+other family is EPERM. That matters for AF_VSOCK above all: vsock ignores network namespaces,
+so without this a sandbox could listen on the host's vsock ports or talk to the hypervisor.
+Any other architecture (the i386 or x32 syscall tables on x86_64) is refused outright, since
+the numbers below would not apply; that also closes i386's `socketcall`, the one way to
+create a socket whose family a filter cannot see.
 """
 
 from __future__ import annotations
@@ -85,6 +90,12 @@ CLONE_NAMESPACE_FLAGS = (
     0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 )
 
+# Address families socket(2) and socketpair(2) may ask for (linux/socket.h); the rest: EPERM.
+ALLOWED_FAMILIES: dict[str, int] = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+# Families the kernel could know of, now or soon (AF_MAX is 46 in Linux 6.x; the kernel itself
+# answers EAFNOSUPPORT at AF_MAX and above). The OCI profile lists each one it refuses.
+FAMILY_LIMIT = 64
+
 # Syscall numbers (asm/unistd_64.h on x86_64; asm-generic/unistd.h on aarch64).
 SYSCALLS_X86_64: dict[str, int] = {
     "ptrace": 101,
@@ -141,6 +152,8 @@ SYSCALLS_X86_64: dict[str, int] = {
     "uselib": 134,
     "clone": 56,
     "clone3": 435,
+    "socket": 41,
+    "socketpair": 53,
 }
 
 SYSCALLS_AARCH64: dict[str, int] = {
@@ -195,6 +208,8 @@ SYSCALLS_AARCH64: dict[str, int] = {
     "io_uring_register": 427,
     "clone": 220,
     "clone3": 435,
+    "socket": 198,
+    "socketpair": 199,
 }
 
 # Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
@@ -259,8 +274,10 @@ def build_program(arch: Arch | None = None) -> list[Insn]:
 
     # Layout, with labels resolved to relative jumps below:
     #   0 ld arch; 1 jeq audit_arch ? next : KILL; 2 ld nr; [3 jge x32 ? EPERM : next]
-    #   one jeq per denied nr -> EPERM; jeq clone -> CLONE; jeq clone3 -> ENOSYS; ret ALLOW
+    #   one jeq per denied nr -> EPERM; jeq clone -> CLONE; jeq clone3 -> ENOSYS;
+    #   jeq socket / socketpair -> SOCKET; ret ALLOW
     #   CLONE: ld arg0; jset ns_flags ? EPERM : ALLOW
+    #   SOCKET: ld arg0 (the family: an int, so its low word); jeq each allowed ? ALLOW; EPERM
     #   KILL / EPERM / ENOSYS / ALLOW returns
     head: list[tuple[int, str | int, str | int, int]] = [
         (BPF_LD_W_ABS, 0, 0, OFF_ARCH),
@@ -273,6 +290,8 @@ def build_program(arch: Arch | None = None) -> list[Insn]:
     head += [
         (BPF_JEQ_K, "clone", 0, clone_nr),
         (BPF_JEQ_K, "enosys", 0, clone3_nr),
+        (BPF_JEQ_K, "socket", 0, arch.syscalls["socket"]),
+        (BPF_JEQ_K, "socket", 0, arch.syscalls["socketpair"]),
         (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]
     labels: dict[str, int] = {}
@@ -282,6 +301,10 @@ def build_program(arch: Arch | None = None) -> list[Insn]:
         (BPF_LD_W_ABS, 0, 0, OFF_ARG0_LOW),
         (BPF_JSET_K, "eperm", "allow", CLONE_NAMESPACE_FLAGS),
     ]
+    labels["socket"] = len(body)
+    body.append((BPF_LD_W_ABS, 0, 0, OFF_ARG0_LOW))
+    body += [(BPF_JEQ_K, "allow", 0, family) for family in sorted(ALLOWED_FAMILIES.values())]
+    body.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM))
     for name, ret in (
         ("kill", SECCOMP_RET_KILL_PROCESS),
         ("eperm", SECCOMP_RET_ERRNO | errno.EPERM),
@@ -315,15 +338,41 @@ def bpf_bytes() -> bytes:
     return compile_program(build_program())
 
 
-def oci_profile(arch: Arch | None = None) -> dict[str, object]:
-    """The same policy as a Docker / OCI seccomp profile (default allow, listed denied)."""
+def oci_profile(arch: Arch | None = None, *, clone3: bool = False) -> dict[str, object]:
+    """The same policy as a Docker / OCI seccomp profile (default allow, listed denied).
+
+    `clone3=True` leaves clone3 alone instead of answering ENOSYS: gVisor's runsc applies the
+    profile inside its own kernel, ignores `errnoRet` (answering EPERM, on which the C library
+    does not fall back to clone, so no program could start a thread), and a namespace made
+    there is gVisor's, not the host's."""
     arch = arch or host_arch()
     scmp_arch = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}[arch.name]
     names = [name for name in DENIED if name in arch.syscalls]
     rules: list[dict[str, object]] = [
         {"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM},
-        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
     ]
+    if not clone3:
+        rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS})
+    # Families outside the allow-list, one rule each (a rule's conditions are ANDed, so a range
+    # cannot be one rule). The mask keeps the comparison to the int's 32 bits, as the kernel
+    # reads it: a family with junk in the upper half is still the family.
+    refused = [f for f in range(FAMILY_LIMIT) if f not in ALLOWED_FAMILIES.values()]
+    for family in refused:
+        rules.append(
+            {
+                "names": ["socket", "socketpair"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": errno.EPERM,
+                "args": [
+                    {
+                        "index": 0,
+                        "value": 0xFFFFFFFF,
+                        "valueTwo": family,
+                        "op": "SCMP_CMP_MASKED_EQ",
+                    }
+                ],
+            }
+        )
     # "deny clone when any namespace flag is set": one masked comparison per flag.
     flag = 1
     while flag <= CLONE_NAMESPACE_FLAGS:

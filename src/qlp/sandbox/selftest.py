@@ -13,10 +13,25 @@ from qlp.errors import QLPError
 from qlp.sandbox.base import BASE_ENV, Sandbox
 
 PROBE = r"""
-import ctypes, json, os, socket
+import ctypes, errno, json, os, socket, threading
 libc = ctypes.CDLL(None, use_errno=True)
 rc = libc.ptrace(0, 0, 0, 0)
+ran = []
+try:
+    t = threading.Thread(target=ran.append, args=(1,))
+    t.start()
+    t.join()
+    threads = "ok" if ran else "did not run"
+except RuntimeError as exc:
+    threads = str(exc)
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    vsock = "opened"
+except OSError as exc:
+    vsock = errno.errorcode.get(exc.errno, str(exc.errno))
 print(json.dumps({
+    "threads": threads,
+    "vsock": vsock,
     "uid": os.getuid(),
     "cwd": os.getcwd(),
     "interfaces": [name for _, name in socket.if_nameindex()],
@@ -26,6 +41,29 @@ print(json.dumps({
     "note": open("/workspace/note.txt").read(),
 }))
 """
+
+
+YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
+YAMA_SCOPES = {
+    "0": "Yama scope 0 (classic: a process may trace or write any process of its own uid)",
+    "1": "Yama scope 1 (restricted: only descendants may be traced)",
+    "2": "Yama scope 2 (admin-only attach)",
+    "3": "Yama scope 3 (no attach at all)",
+}
+
+
+def ptrace_policy(yama: Path = YAMA) -> str:
+    """What the host allows one process to do to another's memory (ptrace, /proc/PID/mem).
+    Sandboxes refuse ptrace with seccomp, but /proc/PID/mem goes by this policy alone."""
+    try:
+        scope = yama.read_text().strip()
+    except OSError:
+        return (
+            "no Yama: a process may write the memory of any process of its own uid through "
+            "/proc/PID/mem (QLP does not rely on it: a sandbox's PID 1 is killed by pidfd when "
+            "its command ends)"
+        )
+    return YAMA_SCOPES.get(scope, f"Yama scope {scope}")
 
 
 @dataclass
@@ -95,6 +133,16 @@ async def self_test(sandbox: Sandbox) -> SelfTest:
                         f"ptrace returned {data['ptrace'][0]} errno {data['ptrace'][1]}",
                     ),
                     Check("host /etc/shadow is not visible", not data["shadow"]),
+                    Check(
+                        "programs can start threads",
+                        data["threads"] == "ok",
+                        f"starting a thread failed: {data['threads']}",
+                    ),
+                    Check(
+                        "vsock sockets are refused",
+                        data["vsock"] == "EPERM",
+                        f"socket(AF_VSOCK) gave {data['vsock']}",
+                    ),
                 ]
     except QLPError as exc:
         report.error = exc.message

@@ -84,3 +84,25 @@ def test_nothing_mounted(tmp_path: Path) -> None:
     mgr, why = CgroupManager.detect(tmp_path / "mounts", tmp_path / "cgroup")
     assert mgr is None
     assert "no cgroup" in why
+
+
+def test_sweep_removes_only_the_cgroups_of_dead_owners(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    mounts, own = _v1(tmp_path)
+    mgr, why = CgroupManager.detect(mounts, own)
+    assert mgr is not None, why
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = f"qlp-sbx-run-{os.getpid()}-0123abcd"
+    theirs = f"qlp-sbx-gvisor-{dead.pid}-89abcdef"
+    unrelated = "something-else"
+    for base in set(mgr.bases.values()):
+        for name in (mine, theirs, unrelated):
+            (base / name).mkdir()
+    assert mgr.sweep() == [theirs]
+    for base in set(mgr.bases.values()):
+        assert (base / mine).is_dir() and (base / unrelated).is_dir()
+        assert not (base / theirs).exists()
+    assert f"-{os.getpid()}-" in mgr.create("t").dirs["memory"].name

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -55,3 +57,14 @@ def test_check_fails_when_the_configured_backend_is_unusable(
     assert result.exit_code == 1
     assert "configured sandbox (bubblewrap) is not usable" in result.output
     assert "scripts/setup" in result.output
+
+
+def test_ptrace_policy_says_what_the_host_allows(tmp_path: Path) -> None:
+    from qlp.sandbox.selftest import ptrace_policy
+
+    assert ptrace_policy(tmp_path / "absent").startswith("no Yama")
+    scope = tmp_path / "ptrace_scope"
+    scope.write_text("1\n")
+    assert "restricted" in ptrace_policy(scope)
+    scope.write_text("7\n")
+    assert ptrace_policy(scope) == "Yama scope 7"

@@ -11,6 +11,7 @@ import pytest
 
 from qlp.sandbox import seccomp
 from qlp.sandbox.seccomp import (
+    ALLOWED_FAMILIES,
     ARCHES,
     BPF_JEQ_K,
     BPF_JGE_K,
@@ -19,6 +20,7 @@ from qlp.sandbox.seccomp import (
     BPF_RET_K,
     CLONE_NAMESPACE_FLAGS,
     DENIED,
+    FAMILY_LIMIT,
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_ERRNO,
     SECCOMP_RET_KILL_PROCESS,
@@ -28,6 +30,7 @@ from qlp.sandbox.seccomp import (
 ALLOW = SECCOMP_RET_ALLOW
 EPERM = SECCOMP_RET_ERRNO | errno.EPERM
 ENOSYS = SECCOMP_RET_ERRNO | errno.ENOSYS
+AF_VSOCK = 40
 
 
 def run_bpf(program: list[Insn], nr: int, arch: int, arg0: int = 0) -> int:
@@ -69,7 +72,7 @@ def test_every_denied_syscall_gets_eperm(arch: seccomp.Arch) -> None:
 def test_ordinary_syscalls_are_allowed(arch: seccomp.Arch) -> None:
     program = seccomp.build_program(arch)
     denied = {arch.syscalls[n] for n in DENIED if n in arch.syscalls}
-    special = {arch.syscalls["clone"], arch.syscalls["clone3"]}
+    special = {arch.syscalls[n] for n in ("clone", "clone3", "socket", "socketpair")}
     allowed = [nr for nr in range(0, 460) if nr not in denied | special]
     assert allowed
     for nr in allowed:
@@ -93,6 +96,20 @@ def test_clone_is_allowed_unless_it_asks_for_a_namespace(arch: seccomp.Arch) -> 
 def test_clone3_answers_enosys_so_libc_falls_back(arch: seccomp.Arch) -> None:
     program = seccomp.build_program(arch)
     assert run_bpf(program, arch.syscalls["clone3"], arch.audit_arch) == ENOSYS
+
+
+def test_sockets_only_for_the_allowed_families(arch: seccomp.Arch) -> None:
+    program = seccomp.build_program(arch)
+    allowed = set(ALLOWED_FAMILIES.values())
+    for name in ("socket", "socketpair"):
+        nr = arch.syscalls[name]
+        for family in range(0, 300):
+            want = ALLOW if family in allowed else EPERM
+            assert run_bpf(program, nr, arch.audit_arch, family) == want, (name, family)
+        # The family is an int: junk in the upper half does not change what the kernel reads.
+        assert run_bpf(program, nr, arch.audit_arch, (1 << 32) | 2) == ALLOW
+        assert run_bpf(program, nr, arch.audit_arch, (1 << 32) | AF_VSOCK) == EPERM
+        assert run_bpf(program, nr, arch.audit_arch, 0xFFFFFFFF) == EPERM
 
 
 def test_foreign_architectures_are_killed() -> None:
@@ -144,5 +161,17 @@ def test_oci_profile_expresses_the_same_policy() -> None:
     assert set(denied["names"]) == {n for n in DENIED if n in ARCHES["x86_64"].syscalls}
     assert denied["errnoRet"] == errno.EPERM
     assert rules[1] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS}
-    masks = {r["args"][0]["value"] for r in rules[2:]}
-    assert sum(masks) == CLONE_NAMESPACE_FLAGS
+    clone = [r for r in rules if r["names"] == ["clone"]]
+    assert sum(r["args"][0]["value"] for r in clone) == CLONE_NAMESPACE_FLAGS
+    sockets = [r for r in rules if r["names"] == ["socket", "socketpair"]]
+    assert all(r["args"][0]["value"] == 0xFFFFFFFF for r in sockets)
+    assert all(r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" for r in sockets)
+    refused = {r["args"][0]["valueTwo"] for r in sockets}
+    assert refused == set(range(FAMILY_LIMIT)) - set(ALLOWED_FAMILIES.values())
+    assert AF_VSOCK in refused
+
+
+def test_gvisor_profile_leaves_clone3_to_gvisor() -> None:
+    rules = seccomp.oci_profile(ARCHES["x86_64"], clone3=True)["syscalls"]
+    assert isinstance(rules, list)
+    assert not [r for r in rules if "clone3" in r["names"]]
