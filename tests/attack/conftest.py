@@ -26,7 +26,7 @@ import pytest
 from qlp.errors import SandboxError
 from qlp.sandbox.base import Limits, Sandbox, SandboxSession
 from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
-from qlp.sandbox.docker_backend import LABEL, DockerConfig, DockerSandbox
+from qlp.sandbox.docker_backend import LABEL, OWNER_LABEL, DockerConfig, DockerSandbox, owner_label
 from qlp.sandbox.gvisor import GvisorConfig, GvisorSandbox
 from qlp.sandbox.runtime import resolve_runtime, runtime_path
 
@@ -199,8 +199,10 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     if isinstance(sb, GvisorSandbox):
         sb.close()
     if isinstance(sb, DockerSandbox):
+        # Only this test process's containers: the engine may serve other QLP processes.
+        mine = {"label": [LABEL, f"{OWNER_LABEL}={owner_label()}"]}
         with contextlib.suppress(Exception):
-            for c in sb.client().containers.list(all=True, filters={"label": LABEL}):
+            for c in sb.client().containers.list(all=True, filters=mine):
                 c.remove(force=True)
             sb.client().close()
 

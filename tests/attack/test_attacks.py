@@ -507,8 +507,8 @@ async def test_double_forked_sleeper_is_gone_after_the_session(
         )
         assert result.ok, result.stderr
         assert result.stdout.strip() == "parent done"
+    # (gVisor's processes are not host processes: test_lifetime.py checks its cgroups.)
     assert _host_processes_matching(marker) == []
-    assert _host_processes_matching("qlp-runsc-bundle") == []
 
 
 async def test_setuid_binary_gains_nothing(session: SandboxSession, workspace: Path) -> None:

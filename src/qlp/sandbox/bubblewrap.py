@@ -408,6 +408,7 @@ class BubblewrapSession:
                     after_spawn=init.handshake(info_r, info_w, block_r, block_w, fds),
                     monitor=monitor,
                     kill=init.kill,
+                    after_exit=init.signal,
                 )
             finally:
                 # The command is over, however it ended: end its PID namespace with it, so
@@ -527,10 +528,14 @@ class SandboxInit:
             cgroup=list(dict.fromkeys(self.group.dirs.values())) if self.group else None,
         )
 
-    def kill(self) -> None:
+    def signal(self) -> None:
+        """SIGKILL to PID 1, which ends its namespace; does not wait."""
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def kill(self) -> None:
+        self.signal()
         if self.group is not None:
             self.group.kill_all()
 
@@ -539,7 +544,7 @@ class SandboxInit:
         if self.pidfd is None:
             return
         try:
-            self.kill()
+            self.signal()
             ready, _, _ = select.select([self.pidfd], [], [], self.END_WAIT_S)
             if not ready:
                 raise SandboxError(

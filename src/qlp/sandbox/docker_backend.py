@@ -7,7 +7,7 @@ dropped, no-new-privileges, QLP's seccomp policy, memory (no swap) / pids / CPU 
 rlimits as ulimits, non-root users, the workspace bind-mounted at /workspace, tini as PID 1.
 The Docker socket is never mounted.
 
-tini and the idle command run as a uid of their own (`init_uid`), commands as the sandbox uid:
+tini and the idle command run as a uid of their own (65533), commands as the sandbox uid:
 a command cannot write PID 1's memory through /proc (same uid, no Yama), and when a command
 ends, one `kill -9 -1` as the sandbox uid ends everything it left behind (a daemon, a
 double-forked sleeper), so nothing of a command outlives it. A command that must be stopped
@@ -79,6 +79,7 @@ REAP_COMMAND = ["/bin/sh", "-c", "kill -9 -1 2>/dev/null; exit 0"]
 MONITOR_INTERVAL_S = 0.25
 LABEL = "qlp.sandbox"
 OWNER_LABEL = "qlp.owner"
+INIT_UID = 65533
 
 
 def owner_label(pid: int | None = None) -> str:
@@ -92,8 +93,6 @@ class DockerConfig:
     default_limits: Limits = field(default_factory=Limits)
     uid: int = 65534
     gid: int = 65534
-    # tini and the idle command: any uid but the sandbox's (see the module doc).
-    init_uid: int = 65533
     path: str = CONTAINER_PATH
 
 
@@ -157,11 +156,8 @@ class DockerSandbox:
                 "(QLP_SANDBOX_DOCKER_IMAGES)"
             ) from None
         self.identity = sandbox_identity(self.config.uid, self.config.gid)
-        if self.config.init_uid in (0, self.identity.uid):
-            raise SandboxError(
-                f"docker sandbox: the container's init uid ({self.config.init_uid}) must be "
-                f"neither 0 nor the sandbox uid ({self.identity.uid})"
-            )
+        # tini and the idle command: an unprivileged uid that is not the commands' own.
+        self.init_uid = INIT_UID if self.identity.uid != INIT_UID else INIT_UID - 1
         if not self._swept:
             self._swept = True
             self.sweep()
@@ -248,7 +244,7 @@ class DockerSession:
                 Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
                 Ulimit(name="core", soft=0, hard=0),
             ],
-            user=f"{sb.config.init_uid}:{sb.config.init_uid}",
+            user=f"{sb.init_uid}:{sb.init_uid}",
             working_dir="/",
             hostname="qlp-sandbox",
             environment=env,

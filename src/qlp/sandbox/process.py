@@ -98,9 +98,11 @@ async def run_process(
     after_spawn: Callable[[int], Awaitable[None]] | None = None,
     monitor: Callable[[], KilledReason | None] | None = None,
     kill: Callable[[], None] | None = None,
+    after_exit: Callable[[], None] | None = None,
 ) -> RawResult:
-    """Start argv, collect its output, enforce the deadline. `kill` must end the whole tree:
-    it is called to stop the command, and again once the launcher has exited."""
+    """Start argv, collect its output, enforce the deadline. `kill` must end the whole tree
+    (it stops the command); `after_exit` runs as soon as the launcher has exited, and must
+    not block."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     # Popen returns once the child has exec'd; it never waits for it to finish.
@@ -167,9 +169,9 @@ async def run_process(
         _, status, usage = os.wait4(proc.pid, 0)  # noqa: ASYNC222
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
-        if kill is not None:
-            # The launcher is gone; whatever of the tree is left must not outlive it.
-            kill()
+        if after_exit is not None:
+            # The launcher is gone; what is left of the tree must not hold its pipes open.
+            after_exit()
         if monitor is not None and not killed:
             reason = monitor()
             if reason is not None:
