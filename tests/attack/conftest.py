@@ -26,8 +26,9 @@ import pytest
 from qlp.errors import SandboxError
 from qlp.sandbox.base import Limits, Sandbox, SandboxSession
 from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
-from qlp.sandbox.docker_backend import LABEL, OWNER_LABEL, DockerConfig, DockerSandbox, owner_label
+from qlp.sandbox.docker_backend import LABEL, OWNER_LABEL, DockerConfig, DockerSandbox
 from qlp.sandbox.gvisor import GvisorConfig, GvisorSandbox
+from qlp.sandbox.owners import owner_label
 from qlp.sandbox.runtime import resolve_runtime, runtime_path
 
 BACKENDS = ("bubblewrap", "docker", "gvisor")
@@ -223,3 +224,18 @@ def workspace(tmp_path: Path) -> Path:
 async def session(sandbox: Sandbox, workspace: Path) -> AsyncIterator[SandboxSession]:
     async with sandbox.session(workspace) as s:
         yield s
+
+
+def host_processes(marker: str) -> list[str]:
+    """'pid: cmdline' of this machine's processes (but this one) whose argv holds `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found

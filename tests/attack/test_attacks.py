@@ -22,7 +22,7 @@ import pytest
 
 from qlp.sandbox.base import KilledReason, Sandbox, SandboxSession
 from qlp.sandbox.output import TRUNCATION_MARK
-from tests.attack.conftest import LIMITS, MiB, runtime_dir
+from tests.attack.conftest import LIMITS, MiB, host_processes, runtime_dir
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -471,20 +471,6 @@ async def test_tmpfs_is_bounded_without_cgroups_too(workspace: Path) -> None:
     assert int(report["/tmp"][0]) + int(report["/dev/shm"][0]) <= 256 * MiB, report  # type: ignore[call-overload]
 
 
-def _host_processes_matching(marker: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
 async def test_double_forked_sleeper_is_gone_after_the_session(
     sandbox: Sandbox, workspace: Path
 ) -> None:
@@ -508,7 +494,7 @@ async def test_double_forked_sleeper_is_gone_after_the_session(
         assert result.ok, result.stderr
         assert result.stdout.strip() == "parent done"
     # (gVisor's processes are not host processes: test_lifetime.py checks its cgroups.)
-    assert _host_processes_matching(marker) == []
+    assert host_processes(marker) == []
 
 
 async def test_setuid_binary_gains_nothing(session: SandboxSession, workspace: Path) -> None:

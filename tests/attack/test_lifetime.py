@@ -25,8 +25,9 @@ import pytest
 
 from qlp.sandbox.base import Sandbox
 from qlp.sandbox.bubblewrap import BubblewrapConfig, BubblewrapSandbox
-from qlp.sandbox.docker_backend import LABEL, OWNER_LABEL, owner_label
-from tests.attack.conftest import LIMITS, runtime_dir
+from qlp.sandbox.docker_backend import LABEL, OWNER_LABEL
+from qlp.sandbox.owners import owner_label
+from tests.attack.conftest import LIMITS, host_processes, runtime_dir
 
 pytestmark = pytest.mark.slow
 BOUNDED_WAIT_S = 60.0  # how long the checks below poll; never a performance claim
@@ -36,22 +37,8 @@ def _marker() -> str:
     return f"{secrets.randbelow(10**6) + 10**6}.{secrets.randbelow(1000)}"
 
 
-def _host_processes(marker: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
 def _kill_leftovers(marker: str) -> None:
-    for line in _host_processes(marker):
+    for line in host_processes(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
 
@@ -116,7 +103,7 @@ async def test_hijacked_pid1_does_not_outlive_its_command(
             )
         # PID 1 no longer says when the command ended, so it ends at its deadline.
         assert result.stdout.startswith(("hijacked", "refused")), result
-        assert _host_processes(marker) == [], "a sandbox process outlived its command"
+        assert host_processes(marker) == [], "a sandbox process outlived its command"
     finally:
         _kill_leftovers(marker)
 
@@ -129,7 +116,7 @@ async def test_nothing_of_a_command_outlives_it(sandbox: Sandbox, shared_workspa
         async with sandbox.session(shared_workspace) as s:
             first = await s.run(["python", "-c", DAEMON, marker])
             assert first.ok, first.stderr
-            assert _host_processes(marker) == []
+            assert host_processes(marker) == []
             look = await s.run(
                 [
                     "python",
@@ -279,13 +266,13 @@ def test_a_sandbox_ends_with_the_qlp_process_that_owns_it(
     owner = _start_owner(backend, request, shared_workspace, marker, timeout_s=600)
     try:
         if backend != "gvisor":  # gVisor's processes are its own kernel's, not the host's
-            assert _host_processes(marker), "the spin is not running"
+            assert host_processes(marker), "the spin is not running"
         cgroups = _owned_cgroups(owner.pid)
         if backend == "gvisor":
             assert cgroups, "the gVisor sandbox's cgroup is not there"
         owner.kill()
         owner.wait()
-        _gone(lambda: _host_processes(marker), "the sandboxed spin")
+        _gone(lambda: host_processes(marker), "the sandboxed spin")
         _gone(lambda: [c for c in cgroups if os.path.exists(c)], "the sandbox's cgroups")
         if backend == "docker":
             _gone(lambda: _owned_containers(request, owner.pid), "the session's container")
@@ -308,8 +295,8 @@ def test_the_reaper_keeps_the_deadline_when_qlp_cannot(
     owner = _start_owner("bubblewrap", request, shared_workspace, marker, timeout_s=2)
     try:
         owner.send_signal(signal.SIGSTOP)
-        assert _host_processes(marker)
-        _gone(lambda: _host_processes(marker), "the spin past its deadline")
+        assert host_processes(marker)
+        _gone(lambda: host_processes(marker), "the spin past its deadline")
         assert owner.poll() is None  # the owner did not do it: it is stopped
     finally:
         owner.send_signal(signal.SIGCONT)

@@ -525,7 +525,7 @@ class SandboxInit:
         self.token = Reaper.get().watch(
             timeout_s=self.timeout_s,
             pidfd=self.pidfd,
-            cgroup=list(dict.fromkeys(self.group.dirs.values())) if self.group else None,
+            cgroup=self.group.paths() if self.group else None,
         )
 
     def signal(self) -> None:

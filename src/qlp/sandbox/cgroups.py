@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qlp.sandbox.owners import pid_alive
+
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
@@ -54,16 +56,6 @@ def _keyed(text: str, key: str) -> int:
 def _int(text: str) -> int | None:
     text = text.strip()
     return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(path: Path, value: str) -> None:
@@ -101,14 +93,8 @@ class Cgroup:
         _write(cpu / "cpu.cfs_quota_us", str(quota))
 
     def add(self, pid: int) -> None:
-        for d in dict.fromkeys(self.dirs.values()):
+        for d in self.paths():
             _write(d / "cgroup.procs", str(pid))
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for d in dict.fromkeys(self.dirs.values()):
-            found.update(int(p) for p in _read(d / "cgroup.procs").split() if p.isdigit())
-        return found
 
     def stats(self) -> CgroupStats:
         if self.version == 2:
@@ -136,28 +122,45 @@ class Cgroup:
         if self.version == 2 and (self.dirs["unified"] / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 _write(self.dirs["unified"] / "cgroup.kill", "1")
-        for _ in range(200):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+        kill_members(self.paths())
 
     def remove(self) -> None:
         self.kill_all()
-        for d in dict.fromkeys(self.dirs.values()):
-            for _ in range(100):
-                try:
-                    d.rmdir()
+        remove_dirs(self.paths())
+
+    def paths(self) -> list[Path]:
+        """Its directories, once each (v1 may co-mount cpu and cpuacct)."""
+        return list(dict.fromkeys(self.dirs.values()))
+
+
+def kill_members(dirs: list[Path]) -> None:
+    """SIGKILL every process in these cgroup directories until none is left (bounded:
+    pids.max holds, and so do the rounds)."""
+    for _ in range(200):
+        pids: set[int] = set()
+        for d in dirs:
+            pids.update(int(p) for p in _read(d / "cgroup.procs").split() if p.isdigit())
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+
+
+def remove_dirs(dirs: list[Path]) -> None:
+    """rmdir each, waiting out EBUSY while the last processes are reaped."""
+    for d in dirs:
+        for _ in range(100):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
                     break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:  # EBUSY while the last processes are reaped
-                    if exc.errno != errno.EBUSY:
-                        break
-                    time.sleep(0.01)
+                time.sleep(0.01)
 
 
 class CgroupManager:
@@ -224,7 +227,7 @@ class CgroupManager:
             for name in names:
                 match = OWNED.match(name)
                 assert match is not None
-                if _alive(int(match.group(1))):
+                if pid_alive(int(match.group(1))):
                     continue
                 dirs = {c: b / name for c, b in self.bases.items() if (b / name).is_dir()}
                 Cgroup(self.version, dirs).remove()

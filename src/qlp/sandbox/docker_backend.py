@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -50,20 +48,10 @@ from qlp.sandbox.base import (
     tmpfs_sizes,
 )
 from qlp.sandbox.output import CappedBuffer
+from qlp.sandbox.owners import label_owner_dead, owner_label
 from qlp.sandbox.reaper import Reaper
 from qlp.sandbox.rlimits import classify
 from qlp.sandbox.workspace import WorkspaceLease, check_workspace, sandbox_identity
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 INSTALL_HINT = (
     "install Docker (Debian: apt-get install docker.io), start the engine, "
@@ -80,10 +68,6 @@ MONITOR_INTERVAL_S = 0.25
 LABEL = "qlp.sandbox"
 OWNER_LABEL = "qlp.owner"
 INIT_UID = 65533
-
-
-def owner_label(pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{pid if pid is not None else os.getpid()}"
 
 
 @dataclass
@@ -164,13 +148,10 @@ class DockerSandbox:
 
     def sweep(self) -> list[str]:
         """Remove the containers that QLP processes on this host left when they died."""
-        host = socket.gethostname()
         removed: list[str] = []
         client = self.client()
         for container in client.containers.list(all=True, filters={"label": LABEL}):
-            owner = container.labels.get(OWNER_LABEL, "")
-            name, _, pid = owner.rpartition(":")
-            if name != host or not pid.isdigit() or _alive(int(pid)):
+            if not label_owner_dead(container.labels.get(OWNER_LABEL, "")):
                 continue
             with contextlib.suppress(Exception):
                 container.remove(force=True)

@@ -276,7 +276,7 @@ class GvisorSession:
             (bundle / "config.json").write_text(json.dumps(spec))
             # gVisor's own processes (sentry, gofer) count against pids.max: leave them room.
             group.set_limits(lim.memory_bytes, lim.pids + 64, lim.cpus)
-            procs = [str(d / "cgroup.procs") for d in dict.fromkeys(group.dirs.values())]
+            procs = [str(d / "cgroup.procs") for d in group.paths()]
             cmd = ["/bin/sh", "-c", CGROUP_EXEC, "sh", *procs, "--"]
             cmd += [*sb._runsc_args(network=self.network), "run", f"--bundle={bundle}"]
             cmd.append(container_id)
@@ -296,7 +296,7 @@ class GvisorSession:
             # process of it, sentry and gofer included) and deletes runsc's record of it.
             token = Reaper.get().watch(
                 timeout_s=lim.timeout_s,
-                cgroup=list(dict.fromkeys(group.dirs.values())),
+                cgroup=group.paths(),
                 runsc=(sb._runsc_args(network=self.network), container_id),
             )
             try:

@@ -17,9 +17,9 @@ What can be registered (each as one message on a SOCK_SEQPACKET socket pair):
 - a gVisor container (runsc's argv prefix and id): `runsc delete --force`.
 
 The reaper runs in a session of its own (a Ctrl-C to QLP's terminal does not reach it) and
-imports nothing of QLP beyond this module's standard-library code until a Docker container
-must be removed. `python -m qlp.sandbox.reaper FD` is its entry point; `Reaper.get()` starts
-one per QLP process, on first use, and again if it died.
+imports little (the cgroup helpers; the Docker SDK only once a container must be removed).
+`python -m qlp.sandbox.reaper FD` is its entry point; `Reaper.get()` starts one per QLP
+process, on first use, and again if it died.
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlp.sandbox.cgroups import kill_members, remove_dirs
+
 # How long past QLP's own deadline the reaper waits before it kills: QLP normally gets there
 # first and says why the command ended.
 GRACE_S = 5.0
 MAX_MESSAGE = 65536
-KILL_ROUNDS = 200
 # All the reaper is given of QLP's environment: enough to import itself and reach Docker.
 REAPER_ENV = ("PATH", "PYTHONPATH", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
 
@@ -155,33 +156,6 @@ class Reaper:
 
 
 # -- the reaper process ---------------------------------------------------------------------
-def _kill_cgroup(dirs: list[str]) -> None:
-    for _ in range(KILL_ROUNDS):
-        pids: set[int] = set()
-        for d in dirs:
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in Path(d, "cgroup.procs").read_text().split())
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)
-
-
-def _remove_cgroup(dirs: list[str]) -> None:
-    _kill_cgroup(dirs)
-    for d in dirs:
-        for _ in range(100):
-            try:
-                os.rmdir(d)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.01)
-
-
 def _remove_container(url: str | None, container_id: str) -> None:
     with contextlib.suppress(Exception):
         import docker
@@ -220,7 +194,10 @@ class _Entry:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         if self.cgroup:
-            (_remove_cgroup if final else _kill_cgroup)(self.cgroup)
+            dirs = [Path(d) for d in self.cgroup]
+            kill_members(dirs)
+            if final:
+                remove_dirs(dirs)
         if self.container is not None:
             _remove_container(self.container.get("url"), self.container["id"])
         if self.runsc is not None and final:
