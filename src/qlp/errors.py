@@ -58,6 +58,17 @@ class UnsafePathError(InvalidAnswerError):
     """An agent asked to write a path outside the project or otherwise unsafe."""
 
 
+class NotRegularFileError(UnsafePathError):
+    """Something other than a regular file stands where QLP reads one from a tree that
+    untrusted code can touch (the workspace): a FIFO, a socket, a device, a symlink, a
+    folder. `path` and `kind` ("a FIFO") name them; nothing was read from it."""
+
+    def __init__(self, path: str, kind: str, expected: str = "a regular file") -> None:
+        super().__init__(f"{path} is {kind}, not {expected}")
+        self.path = path
+        self.kind = kind
+
+
 class SandboxError(QLPError):
     """The sandbox backend is unavailable or failed to start a session."""
 

@@ -13,7 +13,6 @@ import contextlib
 import fnmatch
 import hashlib
 import os
-import stat
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -64,6 +63,8 @@ from qlp.capsule.format import (
 from qlp.capsule.keys import public_key_text
 from qlp.capsule.readme import render_readme
 from qlp.capsule.sbom import build_sbom
+from qlp.errors import NotRegularFileError
+from qlp.safefiles import kind_of, open_regular
 
 EMPTY_SARIF: dict[str, Any] = {
     "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -96,8 +97,12 @@ def _excluded(rel: str, patterns: Sequence[str]) -> bool:
 def scan_project(root: Path, exclude: Sequence[str] = ()) -> list[tuple[str, Path]]:
     """Every regular file under `root` as (relative POSIX path, path), sorted by path.
 
-    Symlinks, sockets, devices and names that are not safe entry names are refused, all
-    of them named in one error.
+    Symlinks, FIFOs, sockets, devices and names that are not safe entry names are refused,
+    all of them named (with what they are) in one error. Refused, not skipped: a capsule is
+    the project as it stands, and one that silently left out a file of the tree would not
+    be; and nothing here opens them (only `lstat`-like checks), so a FIFO cannot make the
+    build wait. A file swapped for one after this scan is refused when it is opened
+    (`_open_regular`).
     """
     if not root.is_dir():
         raise CapsuleInputError(f"the project folder {root} does not exist or is not a folder")
@@ -127,7 +132,11 @@ def scan_project(root: Path, exclude: Sequence[str] = ()) -> list[tuple[str, Pat
                 else:
                     found.append((rel, Path(item.path)))
             else:
-                refused.append(f"{rel} (not a regular file)")
+                try:
+                    kind = kind_of(item.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    kind = "gone while the project was read"
+                refused.append(f"{rel} ({kind}, not a regular file)")
 
     walk(root, "")
     if refused:
@@ -141,14 +150,14 @@ def scan_project(root: Path, exclude: Sequence[str] = ()) -> list[tuple[str, Pat
 
 @contextlib.contextmanager
 def _open_regular(path: Path, shown: str) -> Iterator[IO[bytes]]:
-    """Open without following a symlink swapped in after the scan."""
+    """Open without following a symlink or waiting on a FIFO swapped in after the scan."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fh = open_regular(path, shown=shown)
+    except NotRegularFileError as exc:
+        raise CapsuleInputError(f"{exc.message}: it changed after the scan") from None
     except OSError as exc:
         raise CapsuleInputError(f"{shown}: cannot be read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise CapsuleInputError(f"{shown}: is no longer a regular file")
+    with fh:
         yield fh
 
 

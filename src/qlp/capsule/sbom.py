@@ -23,6 +23,10 @@ from urllib.parse import quote
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from qlp.capsule.base import CapsuleInputError
+from qlp.errors import NotRegularFileError
+from qlp.safefiles import read_regular
+
 SPEC_VERSION = "1.6"
 _MAX_DECLARATION_BYTES = 2 * 1024 * 1024
 _SKIP_DIRS = frozenset({"node_modules", ".venv", "venv", "site-packages", ".git", "__pycache__"})
@@ -185,8 +189,13 @@ def build_sbom(
     for rel, path in project_files:
         if not _is_declaration(rel):
             continue
-        with path.open("rb") as fh:
-            raw = fh.read(_MAX_DECLARATION_BYTES + 1)
+        try:
+            # Not waiting on a FIFO (or following a link) swapped in after the project scan.
+            raw = read_regular(path, _MAX_DECLARATION_BYTES + 1, shown=rel)
+        except NotRegularFileError as exc:
+            raise CapsuleInputError(f"{exc.message}: it changed after the scan") from None
+        except OSError as exc:
+            raise CapsuleInputError(f"{rel}: cannot be read ({exc.strerror})") from None
         if len(raw) > _MAX_DECLARATION_BYTES:
             col.unparsed.append(f"{rel}: larger than {_MAX_DECLARATION_BYTES} bytes, not read")
             continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import difflib
 import getpass
+import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +18,8 @@ from qlp.cli.common import audit_cli_action, console, handle_errors, print_json,
 from qlp.cli.views import exit_code, intent_document, print_intent
 from qlp.domain.states import IntentStatus
 from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
+from qlp.errors import NotRegularFileError
+from qlp.safefiles import kind_of, read_in_tree
 from qlp.store.reviews import ReviewStore
 
 app = typer.Typer(
@@ -75,13 +79,41 @@ def review_list(as_json: JsonOption = False) -> None:
     raise typer.Exit(_run(go))
 
 
-def _project_files(workspace: Path) -> dict[str, bytes]:
-    out = {}
-    for p in sorted(workspace.rglob("*")):
-        rel = p.relative_to(workspace).as_posix()
-        if p.is_file() and not p.is_symlink() and "__pycache__" not in rel.split("/"):
-            out[rel] = p.read_bytes()
-    return out
+def _project_files(workspace: Path) -> tuple[dict[str, bytes], list[str]]:
+    """The workspace's regular files (outside __pycache__), and what was not compared.
+
+    A symlink, FIFO, socket or device is skipped and named, not read: this only shows a
+    diff, and the capsule refuses such a tree anyway. Files are read through
+    qlp.safefiles, so one swapped for a FIFO during the walk is skipped, never waited on."""
+    out: dict[str, bytes] = {}
+    skipped: list[str] = []
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            with os.scandir(workspace / prefix if prefix else workspace) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                if entry.name != "__pycache__":
+                    stack.append(rel + "/")
+            elif not stat.S_ISREG(mode):
+                skipped.append(f"{rel} is {kind_of(mode)}, not a regular file")
+            else:
+                try:
+                    out[rel] = read_in_tree(workspace, rel)
+                except NotRegularFileError as exc:
+                    skipped.append(exc.message)
+                except OSError:
+                    continue
+    return out, sorted(skipped)
 
 
 def _capsule_files(path: Path) -> dict[str, bytes]:
@@ -120,7 +152,10 @@ def _diff_with_capsule(uri: str, workspace: Path) -> list[str]:
     path = Path(uri.removeprefix("file://"))
     if not uri.startswith("file://") or not path.exists():
         return []
-    return changes_since(_capsule_files(path), _project_files(workspace))
+    files, skipped = _project_files(workspace)
+    return changes_since(_capsule_files(path), files) + [
+        f"not compared: {what}\n" for what in skipped
+    ]
 
 
 @app.command(

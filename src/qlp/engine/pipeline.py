@@ -410,10 +410,17 @@ class _IntentRun:
             return []
         # Dependencies have finished writing; a synchronous look at `owners` is consistent.
         chosen = sorted((p, t) for p, t in self.owners.items() if t in wanted)
-        return [
-            ContextFile(path=path, task_id=owner, content=self.workspace.read(path))
-            for path, owner in chosen
-        ]
+
+        def read() -> list[ContextFile]:
+            return [
+                ContextFile(path=path, task_id=owner, content=self.workspace.read(path))
+                for path, owner in chosen
+            ]
+
+        # In a thread: file I/O never runs on the event loop. Sandboxed code may have left
+        # anything at these paths; a FIFO or other non-regular file is refused at once
+        # (NotRegularFileError names it) and the task fails with that reason.
+        return await asyncio.to_thread(read)
 
     async def execute(self, task_id: str) -> None:
         intent_id = self.intent.id

@@ -3,6 +3,10 @@
 Code run later in the sandbox can leave symlinks in the workspace; a write must never be
 redirected through one to a host path. So every path is walked one directory at a time
 with O_NOFOLLOW, and each file is written to a temporary name and renamed into place.
+
+It can also leave a FIFO, a socket or a device where a file was: a read goes through
+`qlp.safefiles` (non-blocking open, refused unless it is a regular file), and the temporary
+file of a write is created exclusively, so neither can wait for ever on what the tree holds.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 from qlp.errors import UnsafePathError
+from qlp.safefiles import DIR_FLAGS as _DIR_FLAGS
+from qlp.safefiles import kind_of, open_in_tree
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Created exclusively and never waiting: a FIFO planted at the temporary name is not opened.
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,16 @@ class Workspace:
             with contextlib.suppress(FileNotFoundError):
                 existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 if not stat.S_ISREG(existing.st_mode):
-                    raise UnsafePathError(f"refusing to write {rel}: a link or folder is there")
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o644,
-                dir_fd=dir_fd,
-            )
+                    raise UnsafePathError(
+                        f"refusing to write {rel}: {kind_of(existing.st_mode)} is there, "
+                        "not a regular file"
+                    )
+            try:
+                fd = os.open(tmp, _TMP_FLAGS, 0o644, dir_fd=dir_fd)
+            except FileExistsError:  # left by a crash, or planted: removed, never opened
+                os.unlink(tmp, dir_fd=dir_fd)
+                fd = os.open(tmp, _TMP_FLAGS, 0o644, dir_fd=dir_fd)
+            os.set_blocking(fd, True)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -98,12 +108,10 @@ class Workspace:
         return WrittenFile(path=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
     def read(self, rel: str) -> str:
-        dir_fd, name = self._open_parent(rel, create=False)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-        with os.fdopen(fd, "rb") as fh:
+        """The text of `rel`. NotRegularFileError (an UnsafePathError) if a FIFO, socket,
+        device, symlink or folder stands at it or on the way to it; OSError if it is missing.
+        Blocking file I/O: async code calls it in a thread (asyncio.to_thread)."""
+        with open_in_tree(self.root, rel) as fh:
             return fh.read().decode("utf-8", errors="replace")
 
     def write_all(

@@ -13,6 +13,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from qlp.errors import NotRegularFileError
+from qlp.safefiles import read_regular
+
 
 class Kind(enum.StrEnum):
     PYTHON = "python"
@@ -141,6 +144,12 @@ class Inventory:
 
 
 def _walk(root: Path) -> Iterable[tuple[str, os.stat_result]]:
+    """The regular files under `root` (lstat-ed, never opened), folders in SKIP_DIRS left out.
+
+    Symlinks, FIFOs, sockets and devices are skipped, not refused: validation checks files of
+    a kind, and such a thing is of none; handed to a check, a FIFO would only make it wait
+    until its timeout. Refusing them is the capsule's job (capsule/builder.py scan_project),
+    which names each one, so a tree holding one is never packaged (docs/VALIDATION.md)."""
     stack = [root]
     while stack:
         current = stack.pop()
@@ -162,14 +171,12 @@ def _walk(root: Path) -> Iterable[tuple[str, os.stat_result]]:
 
 
 def _head(path: Path) -> bytes:
+    """The first bytes of a file without an extension (for its #! line). A file swapped for a
+    FIFO, a link or anything else since the walk has no head: it is never waited on."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        return read_regular(path, 128)
+    except (NotRegularFileError, OSError):
         return b""
-    try:
-        return os.read(fd, 128)
-    finally:
-        os.close(fd)
 
 
 def classify(

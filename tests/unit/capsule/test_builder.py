@@ -7,15 +7,19 @@ import json
 import os
 import socket
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from qlp.capsule import builder
 from qlp.capsule.base import BuiltCapsule, CapsuleInputError
 from qlp.capsule.builder import build_capsule, scan_project
 from qlp.capsule.format import derive_capsule_id, stable_json
+from qlp.capsule.sbom import build_sbom
 from qlp.capsule.verify import verify_capsule
+from tests.fifo_guard import fifo_guard
 
 from .conftest import PROJECT_FILES, make_inputs, write_project
 
@@ -179,14 +183,55 @@ def test_refuses_special_files(
     tmp_path: Path, project: Path, signing_key: Ed25519PrivateKey
 ) -> None:
     os.mkfifo(project / "pipe")
+    os.mkfifo(project / "app" / "deep.fifo")
     sock = socket.socket(socket.AF_UNIX)
     sock_path = project / "s.sock"
     try:
         sock.bind(str(sock_path))
-        with pytest.raises(CapsuleInputError, match=r"pipe \(not a regular file\)"):
+        with (
+            fifo_guard(project / "pipe", project / "app" / "deep.fifo"),
+            pytest.raises(CapsuleInputError) as caught,
+        ):
             build_capsule(make_inputs(project), tmp_path / "f.qlcapsule", signing_key)
     finally:
         sock.close()
+    # Refused, each named with what it is; nothing skipped silently, nothing built.
+    message = str(caught.value)
+    assert "pipe (a FIFO, not a regular file)" in message
+    assert "app/deep.fifo (a FIFO, not a regular file)" in message
+    assert "s.sock (a socket, not a regular file)" in message
+    assert not (tmp_path / "f.qlcapsule").exists()
+
+
+def test_a_file_swapped_for_a_fifo_after_the_scan_is_refused(
+    tmp_path: Path, project: Path, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_scan = builder.scan_project
+    target = project / "app" / "main.py"
+
+    def scan_then_swap(root: Path, exclude: Sequence[str] = ()) -> list[tuple[str, Path]]:
+        found = real_scan(root, exclude)
+        target.unlink()
+        os.mkfifo(target)  # what code still running in the project could do
+        return found
+
+    monkeypatch.setattr(builder, "scan_project", scan_then_swap)
+    with fifo_guard(target), pytest.raises(CapsuleInputError) as caught:
+        build_capsule(make_inputs(project), tmp_path / "w.qlcapsule", signing_key)
+    assert str(caught.value) == (
+        "project/app/main.py is a FIFO, not a regular file: it changed after the scan"
+    )
+    assert not (tmp_path / "w.qlcapsule").exists()
+
+
+def test_a_declaration_swapped_for_a_fifo_is_refused_by_the_sbom(tmp_path: Path) -> None:
+    fifo = tmp_path / "requirements.txt"
+    os.mkfifo(fifo)
+    with fifo_guard(fifo), pytest.raises(CapsuleInputError) as caught:
+        build_sbom([("requirements.txt", fifo)], name="n", version="1", tool_version="0")
+    assert str(caught.value) == (
+        "requirements.txt is a FIFO, not a regular file: it changed after the scan"
+    )
 
 
 def test_exclude_patterns(tmp_path: Path, project: Path) -> None:

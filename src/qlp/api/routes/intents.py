@@ -29,7 +29,13 @@ from qlp.domain.artifacts import PathRuleError, check_relative_path
 from qlp.domain.ids import is_intent_id
 from qlp.domain.states import IntentStatus
 from qlp.engine.workspace import Workspace
-from qlp.errors import ConfigError, NotFoundError, UserInputError
+from qlp.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    NotRegularFileError,
+    UserInputError,
+)
 from qlp.store.base import IntentRecord
 from qlp.store.intent_queries import IntentFilter
 
@@ -222,7 +228,9 @@ async def files(intent_id: IntentId, principal: Caller, svc: Svc) -> list[FileOu
 )
 async def file(intent_id: IntentId, path: str, principal: Caller, svc: Svc) -> Response:
     """Only a path the intent's tasks wrote (as recorded in the database) is served, read from
-    the workspace without following links."""
+    the workspace (in a thread) without following links. If code run in the sandbox left a
+    FIFO, socket, device, symlink or folder at that path, the answer is 409 naming it: the
+    open does not wait on a FIFO, so neither the request nor its thread is held."""
     intent = await visible_intent(svc, principal, intent_id)
     missing = NotFoundError(f"intent {intent_id} has no file {path[:200]!r}")
     try:
@@ -234,6 +242,11 @@ async def file(intent_id: IntentId, path: str, principal: Caller, svc: Svc) -> R
         raise missing
     try:
         text = await asyncio.to_thread(Workspace(Path(intent.workspace)).read, rel)
+    except NotRegularFileError as exc:
+        raise ConflictError(
+            f"intent {intent_id}'s file {rel} cannot be served: {exc.message} (the workspace "
+            "changed after its task wrote it)"
+        ) from None
     except (OSError, ValueError):
         raise missing from None
     return Response(text, media_type="text/plain; charset=utf-8", headers=_FILE_HEADERS)

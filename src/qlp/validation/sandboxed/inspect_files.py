@@ -11,10 +11,12 @@ Python files are compiled, never run; data files are parsed with safe loaders on
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
 import re
+import stat
 import sys
 import tomllib
 import urllib.parse
@@ -33,8 +35,23 @@ ROOT = os.getcwd()
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    """The bytes of `path` if it is a regular file; OSError naming what it is if not. The
+    project's tests run in this sandbox at the same time and could swap a file for a FIFO,
+    whose plain open() waits for a writer until the sandbox's timeout. (The rule of
+    qlp/safefiles.py, restated: this script runs alone in the sandbox and cannot import QLP.)"""
+    # Links are followed, as before: in here they lead only to what the sandbox can see, and
+    # what they lead to must still be a regular file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else None
+            raise OSError(errno.EINVAL, f"{what or 'a special file'}, not a regular file", path)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def _problem(line: int | None, column: int | None, message: str) -> dict[str, Any]:
@@ -148,12 +165,11 @@ def _local_target(doc: str, raw: str) -> str | None:
 def check_docs(markdown: list[str], required: list[str]) -> dict[str, Any]:
     states: dict[str, str] = {}
     for path in required:
-        if not os.path.isfile(path):
-            states[path] = "missing"
-        elif not _read(path).strip():
-            states[path] = "empty"
-        else:
-            states[path] = "ok"
+        try:
+            data = _read(path) if os.path.isfile(path) else None
+        except OSError:  # swapped for something else since: not a document
+            data = None
+        states[path] = "missing" if data is None else "ok" if data.strip() else "empty"
     links: list[dict[str, Any]] = []
     for doc in markdown:
         try:
