@@ -303,3 +303,36 @@ def test_the_reaper_keeps_the_deadline_when_qlp_cannot(
         owner.kill()
         owner.communicate()
         _kill_leftovers(marker)
+
+
+def test_containers_a_dead_owner_left_are_swept_at_the_next_start(
+    request: pytest.FixtureRequest,
+) -> None:
+    """QLP and its reaper killed together leave the container; the next QLP's check removes
+    it, and leaves alone one whose owner lives (another QLP on the same engine)."""
+    import docker
+
+    from qlp.sandbox.docker_backend import DockerConfig, DockerSandbox
+
+    url = request.getfixturevalue("docker_url")
+    image = request.getfixturevalue("docker_image")
+    client = docker.DockerClient(base_url=url) if url else docker.from_env()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    made = []
+    try:
+        for owner in (owner_label(gone.pid), owner_label()):
+            c = client.containers.create(
+                image, ["sleep", "600"], labels={LABEL: "1", OWNER_LABEL: owner}
+            )
+            made.append(c.id)
+        sandbox = DockerSandbox(DockerConfig(base_url=url, images={"python": image}))
+        sandbox.check()
+        left = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
+        assert made[0] not in left, "the dead owner's container is still there"
+        assert made[1] in left, "a live owner's container was removed"
+    finally:
+        for cid in made:
+            with contextlib.suppress(Exception):
+                client.api.remove_container(cid, force=True)
+        client.close()
