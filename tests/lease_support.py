@@ -81,12 +81,12 @@ def as_uid(fn: Callable[[], int], uid: int = SANDBOX_UID) -> int:
 WROTE, DENIED, OTHER_ERROR = 1, 0, 2
 
 
-def can_write(path: Path, uid: int = SANDBOX_UID) -> bool:
-    """Whether `uid` can open the file `path` for writing (False only on PermissionError)."""
+def _can_open(path: Path, flags: int, uid: int) -> bool:
+    """Whether `uid` can open `path` with `flags` (False only on PermissionError)."""
 
     def attempt() -> int:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, flags)
         except PermissionError:
             return DENIED
         except OSError:
@@ -99,22 +99,14 @@ def can_write(path: Path, uid: int = SANDBOX_UID) -> bool:
     return code == WROTE
 
 
+def can_write(path: Path, uid: int = SANDBOX_UID) -> bool:
+    """Whether `uid` can open the file `path` for writing."""
+    return _can_open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, uid)
+
+
 def can_create_in(folder: Path, uid: int = SANDBOX_UID) -> bool:
-    """Whether `uid` can create a file in `folder` (False only on PermissionError)."""
-
-    def attempt() -> int:
-        try:
-            fd = os.open(folder / f"probe-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except PermissionError:
-            return DENIED
-        except OSError:
-            return OTHER_ERROR
-        os.close(fd)
-        return WROTE
-
-    code = as_uid(attempt, uid)
-    assert code in (WROTE, DENIED), f"probing {folder} as uid {uid} failed unexpectedly ({code})"
-    return code == WROTE
+    """Whether `uid` can create a file in `folder`."""
+    return _can_open(folder / f"probe-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, uid)
 
 
 def make_deep_tree(top: Path, levels: int) -> int:
