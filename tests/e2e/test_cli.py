@@ -179,6 +179,28 @@ def test_failed_run_exits_1_and_debug_shows_traceback(tmp_path: Path, db_url: st
     assert "Traceback" in dbg.stderr
 
 
+def test_resume_continues_with_the_model_the_intent_was_started_with(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Every failure message suggests `qlp resume ID`; for an intent started with --llm it
+    said "no LLM is configured". The intent remembers its model (never a key)."""
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"responses": dag_script({"QL-DEV-001": []})[:1]}))
+    env = qlp_env(tmp_path, db_url, QLP_VALIDATE="false")  # no QLP_LLM_* at all
+    first = qlp(
+        "run", "--json", "--llm", f"scripted:{script}", "remember me", env=env, cwd=tmp_path
+    )
+    assert first.returncode == 1, first.stderr
+    intent_id = json.loads(first.stdout)["intent_id"]
+    (options,) = db_rows(db_url, "select options from intents where id = %s", intent_id)[0]
+    assert options["qlp.llm"] == {"provider": "scripted", "script": str(script.resolve())}
+    # The script now answers the task the first run could not finish.
+    script.write_text(json.dumps({"responses": dag_script({"QL-DEV-001": []})}))
+    again = qlp("resume", intent_id, "--json", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "completed"
+
+
 def test_version_and_db_upgrade(tmp_path: Path, db_url: str) -> None:
     res = qlp("version", "--json", env=qlp_env(tmp_path, db_url), cwd=tmp_path)
     assert json.loads(res.stdout)["qlp"]

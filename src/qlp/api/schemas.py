@@ -66,6 +66,9 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 
 # -- intents --------------------------------------------------------------------------------
+RESERVED_OPTION_PREFIX = "qlp."
+
+
 class IntentIn(Strict):
     text: Text = Field(min_length=1, max_length=MAX_INTENT_CHARS)
     options: dict[str, Any] = Field(
@@ -88,6 +91,10 @@ class IntentIn(Strict):
             raise ValueError(f"options are larger than {MAX_OPTIONS_BYTES} bytes as JSON")
         if "\\u0000" in encoded:  # JSON escapes NUL; PostgreSQL's JSONB refuses it
             raise ValueError("options may not hold NUL characters")
+        reserved = sorted(k for k in value if k.startswith(RESERVED_OPTION_PREFIX))
+        if reserved:
+            # QLP's own (e.g. qlp.llm, the model an intent continues with): not a client's.
+            raise ValueError(f"option keys starting with 'qlp.' are QLP's own: {reserved}")
         return value
 
 

@@ -35,7 +35,14 @@ from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus
 from qlp.engine.quality import CapsuleIdentity
 from qlp.engine.replay import ReplayClient, ReplayResult, compare, file_sha256, load_original
-from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
+from qlp.engine.wiring import (
+    LLM_OPTION,
+    Runtime,
+    apply_llm_spec,
+    continuing_llm,
+    llm_identity,
+    open_runtime,
+)
 from qlp.errors import QLPError, UserInputError
 from qlp.store.base import IntentRecord
 from qlp.store.db import schema_revision
@@ -181,7 +188,8 @@ def run(
 
     async def go(rt: Runtime) -> int:
         pipeline = rt.pipeline()  # a missing LLM setting fails here, before anything is stored
-        record = await pipeline.submit(intent)
+        # The model is remembered (never its key) so that resume and review continue with it.
+        record = await pipeline.submit(intent, options={LLM_OPTION: llm_identity(cfg)})
         if not as_json:
             console.print(f"intent {record.id} queued", highlight=False)
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
@@ -205,7 +213,7 @@ def resume(
         record = await rt.store.find_intent(intent_id)
         if record.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
             raise UserInputError(f"intent {record.id} is {record.status.value}; nothing to resume")
-        pipeline = rt.pipeline()
+        pipeline = rt.pipeline(llm=continuing_llm(rt, record, llm))
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
 
     raise typer.Exit(_with_runtime(cfg, go))

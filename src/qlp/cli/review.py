@@ -17,7 +17,7 @@ from qlp.cli import render
 from qlp.cli.common import audit_cli_action, console, handle_errors, print_json, settings
 from qlp.cli.views import exit_code, intent_document, print_intent
 from qlp.domain.states import IntentStatus
-from qlp.engine.wiring import Runtime, apply_llm_spec, open_runtime
+from qlp.engine.wiring import Runtime, apply_llm_spec, continuing_llm, open_runtime
 from qlp.errors import NotRegularFileError
 from qlp.safefiles import kind_of, read_in_tree
 from qlp.store.reviews import ReviewStore
@@ -229,7 +229,10 @@ def _decide(
 ) -> int:
     async def go(rt: Runtime) -> int:
         intent = await rt.store.find_intent(intent_id)
-        pipeline = rt.pipeline(need_llm=decision == "request_changes")
+        rerun = decision == "request_changes"
+        pipeline = rt.pipeline(
+            need_llm=rerun, llm=continuing_llm(rt, intent, llm) if rerun else None
+        )
         final = await pipeline.decide(
             intent.id,
             decision,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -46,6 +47,7 @@ from qlp.sandbox.docker_backend import DockerConfig, DockerSandbox
 from qlp.sandbox.gvisor import GvisorConfig, GvisorSandbox
 from qlp.sandbox.observed import ObservedSandbox, Observer
 from qlp.sandbox.runtime import resolve_runtime, runtime_path
+from qlp.store.base import IntentRecord
 from qlp.store.db import connect
 from qlp.store.embedded import EmbeddedPostgres
 from qlp.store.repository import Store
@@ -121,7 +123,7 @@ def apply_llm_spec(settings: Settings, spec: str | None) -> Settings:
     if not spec:
         return settings
     provider, _, arg = spec.partition(":")
-    if provider not in ("openai", "azure", "anthropic", "scripted"):
+    if provider not in LLM_PROVIDERS:
         raise ConfigError(
             f"--llm {spec!r}: unknown provider {provider!r}; "
             "use openai[:MODEL], azure:DEPLOYMENT, anthropic[:MODEL] or scripted:PATH"
@@ -134,6 +136,51 @@ def apply_llm_spec(settings: Settings, spec: str | None) -> Settings:
     elif arg:
         update["llm_model"] = arg
     return settings.model_copy(update=update)
+
+
+# Where an intent keeps the model it was started with: provider, model, base URL, script
+# path. Never a key: secrets come from the environment (or Key Vault) at each run.
+LLM_OPTION = "qlp.llm"
+LLM_PROVIDERS = ("openai", "azure", "anthropic", "scripted")
+
+
+def llm_identity(settings: Settings) -> dict[str, str]:
+    """What an intent remembers of its model (empty when none is configured)."""
+    if settings.llm_provider is None:
+        return {}
+    out = {"provider": str(settings.llm_provider)}
+    if settings.llm_model:
+        out["model"] = settings.llm_model
+    if settings.llm_base_url:
+        out["base_url"] = settings.llm_base_url
+    if settings.llm_script is not None:
+        out["script"] = str(settings.llm_script)
+    return out
+
+
+def with_remembered_llm(settings: Settings, options: dict[str, Any]) -> Settings:
+    """The settings to continue an intent with: the model it was started with, when it
+    remembers one (an explicit --llm is applied after this, and wins)."""
+    ident = options.get(LLM_OPTION)
+    if not isinstance(ident, dict) or ident.get("provider") not in LLM_PROVIDERS:
+        return settings
+    script = ident.get("script")
+    return settings.model_copy(
+        update={
+            "llm_provider": ident["provider"],
+            "llm_model": ident.get("model"),
+            "llm_base_url": ident.get("base_url"),
+            "llm_script": Path(script) if isinstance(script, str) and script else None,
+        }
+    )
+
+
+def continuing_llm(rt: Runtime, intent: IntentRecord, spec: str | None) -> LLMClient | None:
+    """The model to continue `intent` with: `--llm` when given, else the one it was started
+    with, else (None) the runtime's configured one."""
+    if spec or LLM_OPTION not in intent.options:
+        return None
+    return make_llm(with_remembered_llm(rt.settings, intent.options))
 
 
 def make_llm(settings: Settings) -> LLMClient:
