@@ -51,7 +51,10 @@ class PlanError(QLPError):
 
 
 class BudgetExceededError(QLPError):
-    """The intent spent its token budget."""
+    """The intent spent its token budget. `response`: the answer whose usage went over it,
+    when one came back (its own problems are the real cause to report; see ask_structured)."""
+
+    response: object | None = None
 
 
 class UnsafePathError(InvalidAnswerError):

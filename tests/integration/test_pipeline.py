@@ -336,6 +336,39 @@ async def test_token_budget_stops_the_run(qlp_home: Path, db_url: str) -> None:
     assert out.intent.total_tokens > 900
 
 
+async def test_an_oversized_plan_is_named_before_the_budget_it_used_up(
+    qlp_home: Path, db_url: str
+) -> None:
+    """A plan past the task limit whose answer alone spends the budget: the error says the
+    plan was too big, not only "token budget exceeded" (that cause was only in the events)."""
+    tasks = [plan_task(f"QL-DEV-{i:03d}") for i in range(1, 301)]
+    script = [{"when": PLAN_WHEN, "content": plan_answer(tasks)}]
+    async with scenario(qlp_home, db_url, script, token_budget_per_intent=3000) as (rt, _):
+        out = await run_intent(rt)
+    assert out.intent.status == IntentStatus.FAILED
+    error = out.intent.error or ""
+    assert "300 tasks" in error and "40" in error, error
+    assert "token budget of 3000" in error
+    assert error.index("300 tasks") < error.index("token budget")
+
+
+async def test_an_oversized_file_is_named_before_the_budget_it_used_up(
+    qlp_home: Path, db_url: str
+) -> None:
+    script = [
+        {"when": PLAN_WHEN, "content": plan_answer([plan_task("QL-DEV-001")])},
+        {
+            "when": task_when("QL-DEV-001"),
+            "content": files_answer({"big.txt": "x" * (600 * 1024)}),
+        },
+    ]
+    async with scenario(qlp_home, db_url, script, token_budget_per_intent=20_000) as (rt, _):
+        out = await run_intent(rt)
+    error = out.tasks["QL-DEV-001"].error or ""
+    assert "big.txt" in error and "token budget of 20000" in error, error
+    assert error.index("big.txt") < error.index("token budget")
+
+
 async def test_cancellation_marks_intent_and_unfinished_tasks(qlp_home: Path, db_url: str) -> None:
     chain = {"QL-DEV-001": [], "QL-DEV-002": [], "QL-DEV-003": ["QL-DEV-001"]}
     async with scenario(qlp_home, db_url, dag_script(chain, delay_s=5)) as (rt, _):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from qlp.errors import BudgetExceededError
 from qlp.llm.base import CallObserver, CallRecord, LLMClient, LLMRequest, LLMResponse
 
 
@@ -47,16 +48,20 @@ class RecordingClient:
                 )
             )
             raise
-        await self._observer(
-            CallRecord(
-                request=request,
-                response=response,
-                error=None,
-                provider=response.provider,
-                model=response.model,
-                latency_s=time.perf_counter() - started,
+        try:
+            await self._observer(
+                CallRecord(
+                    request=request,
+                    response=response,
+                    error=None,
+                    provider=response.provider,
+                    model=response.model,
+                    latency_s=time.perf_counter() - started,
+                )
             )
-        )
+        except BudgetExceededError as exc:
+            exc.response = response  # what went over the budget may be wrong by itself
+            raise
         return response
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from qlp.errors import InvalidAnswerError
+from qlp.errors import BudgetExceededError, InvalidAnswerError
 from qlp.llm.base import LLMClient, LLMRequest, LLMResponse, Message
 
 T = TypeVar("T")
@@ -89,6 +89,24 @@ def parse_json_model(text: str, model_cls: type[M]) -> M:
         raise InvalidAnswerError(format_validation_error(exc)) from None
 
 
+def _real_cause(exc: BudgetExceededError, parse: Callable[[str], object]) -> BudgetExceededError:
+    """The answer that went over the budget can be wrong in itself (a 10,000-task plan, a
+    50 MB file): that is the cause to name, before the budget it used up."""
+    response = exc.response
+    if not isinstance(response, LLMResponse):
+        return exc
+    try:
+        parse(response.content)
+    except (InvalidAnswerError, ValueError) as problem:  # ValidationError is a ValueError
+        named = BudgetExceededError(
+            f"the model's answer was invalid: {describe_rejection(problem)} (and it used up "
+            f"the token budget, so it was not asked again: {exc})"
+        )
+        named.response = response
+        return named
+    return exc
+
+
 async def ask_structured(
     client: LLMClient,
     request: LLMRequest,
@@ -109,7 +127,10 @@ async def ask_structured(
     messages = list(request.messages)
     responses: list[LLMResponse] = []
     while True:
-        response = await client.complete(dataclasses.replace(request, messages=tuple(messages)))
+        try:
+            response = await client.complete(dataclasses.replace(request, messages=tuple(messages)))
+        except BudgetExceededError as exc:
+            raise _real_cause(exc, parse) from None
         responses.append(response)
         try:
             return parse(response.content), responses
