@@ -375,6 +375,14 @@ def test_demo_capsule_verifies_and_insecure_example_waits_for_review(
     capsule = Path(data["capsules"][0]["uri"].removeprefix("file://"))
     ok = qlp("capsule", "verify", str(capsule), env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    # The location QLP prints, and the capsule's id (fetched through the configured store).
+    for ref in (data["capsules"][0]["uri"], data["capsules"][0]["id"]):
+        again = qlp("capsule", "verify", ref, env=env, cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.startswith("OK"), again.stdout
+    unknown = qlp("capsule", "verify", "QL-CAP-0000000000000000", env=env, cwd=tmp_path)
+    assert unknown.returncode == 2 and "no capsule QL-CAP-0000000000000000" in unknown.stderr
+    assert list((tmp_path / "qlp").glob("**/qlp-capsule-*")) == []
     replayed = qlp("replay", "--json", str(capsule), env=env, cwd=tmp_path, timeout=300)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     result = json.loads(replayed.stdout)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -12,6 +17,7 @@ from rich.markup import escape
 from qlp.capsule.base import VerifyReport
 from qlp.capsule.diff import diff_capsules
 from qlp.capsule.extract import extract_capsule
+from qlp.capsule.format import CAPSULE_ID_RE, SUFFIX
 from qlp.capsule.keys import (
     key_file_path,
     load_or_create_signing_key,
@@ -21,6 +27,7 @@ from qlp.capsule.keys import (
 )
 from qlp.capsule.verify import verify_capsule
 from qlp.cli.common import console, err_console, handle_errors, print_json, settings
+from qlp.errors import UserInputError
 
 app = typer.Typer(
     help="Check, inspect, unpack and compare QuantumCapsule files (.qlcapsule).",
@@ -34,7 +41,50 @@ def _keys() -> None:
     """The key that signs capsules."""  # a group even with one command: `qlp keys show`
 
 
-CapsuleArg = Annotated[Path, typer.Argument(help="A .qlcapsule file.", show_default=False)]
+CAPSULE_REF_HELP = (
+    "A .qlcapsule file, the file:// location QLP prints for it, or a capsule id (QL-CAP-...), "
+    "fetched from the configured capsule store."
+)
+CapsuleArg = Annotated[str, typer.Argument(help=CAPSULE_REF_HELP, show_default=False)]
+
+
+def local_capsule(ref: str) -> Path:
+    """The capsule `ref` names, as a local file: a path, a file:// URI, or a capsule id (then
+    fetched from the configured store, local or Azure, into a folder removed when the command
+    ends)."""
+    if CAPSULE_ID_RE.match(ref):
+        tmp = settings().home / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = Path(tempfile.mkdtemp(prefix="qlp-capsule-", dir=tmp))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return asyncio.run(_fetch(ref, scratch))
+    if ref.startswith("file://"):
+        parsed = urlparse(ref)
+        if parsed.netloc not in ("", "localhost"):
+            raise UserInputError(f"{ref}: a file:// location on another host cannot be read here")
+        return Path(unquote(parsed.path))
+    if "://" in ref:
+        raise UserInputError(
+            f"{ref}: give a capsule file, its file:// location or its id (QL-CAP-...); "
+            "other locations are fetched by id"
+        )
+    return Path(ref)
+
+
+async def _fetch(capsule_id: str, folder: Path) -> Path:
+    from qlp.engine.wiring import make_capsule_store, open_runtime
+    from qlp.store.intent_queries import IntentQueries
+
+    cfg = settings()
+    async with open_runtime(cfg) as rt:
+        found = await IntentQueries(rt.store).capsule(capsule_id)
+        if found is None:
+            raise UserInputError(f"no capsule {capsule_id} in this QLP's database")
+        record = found[0]
+        target = folder / f"{capsule_id}{SUFFIX}"
+        return await asyncio.to_thread(make_capsule_store(cfg).get, record.uri, target)
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 KeyOption = Annotated[
     str | None,
@@ -66,7 +116,7 @@ def verify(path: CapsuleArg, key: KeyOption = None, as_json: JsonOption = False)
 
     Exit 0 when the capsule is intact, 1 naming each problem when it is not.
     """
-    report = verify_capsule(path, _key(key))
+    report = verify_capsule(local_capsule(path), _key(key))
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
@@ -148,7 +198,7 @@ def show(path: CapsuleArg, key: KeyOption = None, as_json: JsonOption = False) -
 
     The signature is checked (quickly: entries are not read; `verify` reads them).
     """
-    report = verify_capsule(path, _key(key), contents=False)
+    report = verify_capsule(local_capsule(path), _key(key), contents=False)
     if report.manifest is None:
         err_console.print(f"[bold red]error:[/] {escape(str(path))} has no readable manifest")
         for problem in report.problems:
@@ -184,7 +234,7 @@ def extract(
     Refuses unsafe names, symlinks, unlisted entries and a capsule that does not verify;
     never overwrites a file unless --force. A refused capsule leaves nothing behind.
     """
-    result = extract_capsule(path, dest, force=force, public_key=_key(key))
+    result = extract_capsule(local_capsule(path), dest, force=force, public_key=_key(key))
     if as_json:
         print_json(
             {
@@ -207,8 +257,8 @@ def extract(
 @app.command("diff")
 @handle_errors
 def diff(
-    a: Annotated[Path, typer.Argument(help="The older capsule.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="The newer capsule.", show_default=False)],
+    a: Annotated[str, typer.Argument(help="The older capsule (" + CAPSULE_REF_HELP + ")")],
+    b: Annotated[str, typer.Argument(help="The newer capsule.", show_default=False)],
     patch: Annotated[
         bool, typer.Option("--patch", "-p", help="Show a unified diff of changed text files.")
     ] = False,
@@ -223,8 +273,8 @@ def diff(
 ) -> None:
     """List the files added, removed and changed from capsule A to capsule B."""
     result = diff_capsules(
-        a,
-        b,
+        local_capsule(a),
+        local_capsule(b),
         patch=patch,
         scope="all" if all_entries else "project",
         verify=not no_verify,
