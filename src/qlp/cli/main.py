@@ -19,6 +19,7 @@ from qlp.cli.audit import app as audit_app
 from qlp.cli.capsule import app as capsule_app
 from qlp.cli.capsule import keys_app
 from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
+from qlp.cli.doctor import doctor_command
 from qlp.cli.review import app as review_app
 from qlp.cli.sandbox import app as sandbox_app
 from qlp.cli.users import app as users_app
@@ -72,6 +73,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(review_app, name="review")
 app.add_typer(users_app, name="user")
 app.add_typer(audit_app, name="audit")
+app.command("doctor")(doctor_command)
 
 LlmOption = Annotated[
     str | None,
