@@ -217,3 +217,27 @@ async def test_failed_capsule_row_leaves_no_object_and_resume_packages(
     assert final.status == IntentStatus.COMPLETED
     assert len(rows) == 1
     assert Path(rows[0].uri.removeprefix("file://")).exists()
+
+
+async def test_approving_a_project_without_tests_packages_it(qlp_home: Path, db_url: str) -> None:
+    """No test ran, so the tests score (and any dimension without a check) is n/a: stored
+    and written to the manifest as null, which its schema allows, and the capsule is built."""
+    plan = plan_answer([plan_task("QL-DEV-001"), plan_task("QL-DOC-001", ["QL-DEV-001"])])
+    script = [
+        {"when": PLAN_WHEN, "content": plan},
+        {"when": task_when("QL-DEV-001"), "content": files_answer({"calc.py": GOOD_CODE})},
+        {"when": task_when("QL-DOC-001"), "content": files_answer({"README.md": README})},
+    ]
+    async with scenario(qlp_home, db_url, script, **_on(review_policy="always")) as (rt, _):
+        out = await run_intent(rt)
+        assert out.intent.status == IntentStatus.REVIEWING, out.intent.error
+        reviews = ReviewStore(rt.store)
+        waiting = await reviews.current_round(out.intent.id)
+        done = await rt.pipeline(need_llm=False).decide(out.intent.id, "approve", actor="bob")
+        capsules = await reviews.capsules(out.intent.id)
+    assert waiting.scores["tests"] is None
+    assert done.status == IntentStatus.COMPLETED, done.error
+    assert len(capsules) == 1 and capsules[0].scores["tests"] is None
+    report = verify_capsule(Path(capsules[0].uri.removeprefix("file://")))
+    assert report.ok, report.problems
+    assert report.manifest is not None and report.manifest["scores"]["tests"] is None

@@ -68,7 +68,7 @@ def test_a_project_without_tests_has_no_test_verdict(report: ValidationReport) -
     assert pytest_check.status == CheckStatus.SKIPPED_NOT_APPLICABLE
     assert report.tests_ok is None
     assert report.scores.tests is None
-    assert report.scores.to_dict()["tests"] == "n/a"
+    assert report.scores.to_dict()["tests"] is None
     assert 'tests="0"' in report.junit_xml()
 
 

@@ -13,6 +13,7 @@ from qlp.capsule.base import CapsuleStore
 from qlp.config import Settings
 from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import Runtime
+from qlp.scratch import Scratch
 from qlp.store.audit import AuditStore
 from qlp.store.intent_queries import IntentQueries
 from qlp.store.reviews import ReviewStore
@@ -32,6 +33,7 @@ class Service:
     metrics: Metrics
     public_key: str  # ed25519:<base64>, the key capsules are signed with
     public_key_pem: str
+    scratch: Scratch  # this process's folder under QLP_HOME/tmp (src/qlp/scratch.py)
 
 
 def service(request: Request) -> Service:

@@ -1,12 +1,16 @@
 """Text the database cannot store (NUL, unpaired surrogates) is bad input, refused at the
-door with 400/422 instead of failing deep in a query with a 500."""
+door with 400/422 instead of failing deep in a query with a 500. So is a number the database
+cannot store: an event sequence number beyond a bigint.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
-from pydantic import AfterValidator
+from annotated_types import Ge, Le
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qlp.api.problems import write_problem
@@ -24,6 +28,23 @@ def storable(value: str) -> str:
 
 # A str field or parameter whose value can go into PostgreSQL as it is.
 Text = Annotated[str, AfterValidator(storable)]
+
+# An event sequence number a client sends (`after`): 0 or more, and within a bigint.
+MAX_SEQ = 2**62
+EventSeq = Annotated[int, Ge(0), Le(MAX_SEQ)]
+_EVENT_SEQ: TypeAdapter[int] = TypeAdapter(EventSeq)
+
+
+def query_event_seq(name: str, raw: str | None, default: int = 0) -> int:
+    """A query parameter read by hand (the WebSocket stream's `after`) checked with the same
+    rules, and failing with the same RequestValidationError, as a REST route's EventSeq."""
+    if raw is None:
+        return default
+    try:
+        return _EVENT_SEQ.validate_python(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", name, *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def _clean(raw: bytes) -> bool:

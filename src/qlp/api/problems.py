@@ -140,6 +140,16 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, str]]]:
+    """The one-line detail and the `errors` list of a 422 (HTTP answer or stream message)."""
+    errors = [
+        {"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        for e in exc.errors()
+    ]
+    shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return shown or "invalid request", errors
+
+
 def install(app: FastAPI) -> None:
     async def on_qlp_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, QLPError)
@@ -154,12 +164,8 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"field": _field(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
-            for e in exc.errors()
-        ]
-        shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return problem(request, 422, "validation_error", shown or "invalid request", errors=errors)
+        shown, errors = validation_detail(exc)
+        return problem(request, 422, "validation_error", shown, errors=errors)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -133,7 +133,9 @@ class IntentDetail(IntentSummary):
     llm_calls: int
     plan_summary: str | None
     tasks: list[TaskOut]
-    scores: dict[str, Any] | None
+    scores: dict[str, int | None] | None = Field(
+        description="Latest review round's scores, 0-100; null = not applicable (n/a)."
+    )
     review: dict[str, Any] | None
     capsules: list[str]
 
@@ -172,7 +174,7 @@ class CapsuleOut(FromRecord):
     parent: str | None
     size: int
     sha256: str
-    scores: dict[str, Any]
+    scores: dict[str, int | None] = Field(description="0-100; null = not applicable (n/a).")
     decision: dict[str, Any] | None
     created_at: datetime
 

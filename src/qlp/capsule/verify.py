@@ -44,16 +44,28 @@ from qlp.errors import NotFoundError
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
+def read_error_text(exc: BaseException) -> str:
+    """What went wrong reading a file, without the file's name: an OSError's text names its
+    path, and a report may be sent to someone who must not learn the server's paths."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 @contextmanager
-def open_capsule(path: Path) -> Iterator[zipfile.ZipFile]:
-    """The capsule as a ZipFile; NotFoundError / CapsuleInvalidError when it cannot be one."""
+def open_capsule(path: Path, *, name: str | None = None) -> Iterator[zipfile.ZipFile]:
+    """The capsule as a ZipFile; NotFoundError / CapsuleInvalidError when it cannot be one.
+    Errors call it `name` (default: its path)."""
     path = Path(path)
+    shown = str(path) if name is None else name
     if not path.is_file():
-        raise NotFoundError(f"{path}: no such capsule file")
+        raise NotFoundError(f"{shown}: no such capsule file")
     try:
         zf = zipfile.ZipFile(path, "r")
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CapsuleInvalidError(f"{path} is not a capsule (not a readable zip: {exc})") from None
+        raise CapsuleInvalidError(
+            f"{shown} is not a capsule (not a readable zip: {read_error_text(exc)})"
+        ) from None
     with zf:
         yield zf
 
@@ -92,7 +104,7 @@ def _read_small(zf: zipfile.ZipFile, name: str, limit: int, report: VerifyReport
         with zf.open(info) as fh:
             return fh.read(limit + 1)[:limit]
     except READ_ERRORS as exc:
-        report.add(name, f"unreadable: {exc}")
+        report.add(name, f"unreadable: {read_error_text(exc)}")
         return None
 
 
@@ -242,7 +254,7 @@ def check_entries(
         try:
             digest, actual = _read_entry(zf, info, size, sink / path if sink else None)
         except READ_ERRORS as exc:
-            report.add(path, f"unreadable: {exc}")
+            report.add(path, f"unreadable: {read_error_text(exc)}")
             continue
         report.entries_checked += 1
         if actual != size:
@@ -275,12 +287,17 @@ def _read_entry(
 
 
 def verify_capsule(
-    path: Path, public_key: Ed25519PublicKey | None = None, *, contents: bool = True
+    path: Path,
+    public_key: Ed25519PublicKey | None = None,
+    *,
+    contents: bool = True,
+    name: str | None = None,
 ) -> VerifyReport:
     """Check the capsule at `path`. `contents=False` skips reading the entries (for a quick
-    look at the manifest and its signature)."""
+    look at the manifest and its signature). `name` is what errors call the file (the API
+    says "the request body", never its temporary path)."""
     report = VerifyReport(path=Path(path), key_source="given" if public_key else "manifest")
-    with open_capsule(Path(path)) as zf:
+    with open_capsule(Path(path), name=name) as zf:
         listed = check_header(zf, report, public_key)
         if contents and listed is not None:
             check_entries(zf, listed, report)

@@ -7,7 +7,7 @@ repair loop, reports and capsules read them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,8 +164,17 @@ class Scores:
     def dimensions(self) -> dict[str, int | None]:
         return {name: getattr(self, name) for name in DIMENSIONS}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **{k: ("n/a" if v is None else v) for k, v in self.dimensions().items()},
-            "overall": "n/a" if self.overall is None else self.overall,
-        }
+    def to_dict(self) -> dict[str, int | None]:
+        """Name -> 0-100, or None (JSON null) for n/a: the one form every reader gets (the
+        capsule manifest's schema, API answers, `--json` output, stored review rounds).
+        Showing "n/a" is for whoever renders it for a person."""
+        return {**self.dimensions(), "overall": self.overall}
+
+
+def score_values(raw: Mapping[str, Any]) -> dict[str, int | None]:
+    """Scores as stored or received, with anything that is not a number made None: review
+    rounds written before to_dict used null hold the string "n/a"."""
+    return {
+        str(k): v if isinstance(v, int) and not isinstance(v, bool) else None
+        for k, v in raw.items()
+    }

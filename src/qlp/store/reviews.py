@@ -6,7 +6,7 @@ machinery: each write commits together with the event that announces it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy import Row, func, insert, select
 
 from qlp.domain import events as ev
 from qlp.domain.events import Event
+from qlp.domain.findings import score_values
 from qlp.errors import NotFoundError, UserInputError
 from qlp.store import schema as t
 from qlp.store.base import from_row
@@ -188,7 +189,7 @@ class ReviewStore:
                 round=r.round,
                 verdict=r.verdict,
                 gates=list(r.gates),
-                scores=dict(r.scores),
+                scores=score_values(r.scores),
                 created_at=r.created_at,
                 decision=decisions.get(r.round),
             )
@@ -301,4 +302,5 @@ class ReviewStore:
 
 
 def capsule_record(r: Row[Any]) -> CapsuleRecord:
-    return from_row(CapsuleRecord, r)
+    record = from_row(CapsuleRecord, r)
+    return replace(record, scores=score_values(record.scores))

@@ -3,15 +3,18 @@ the token budget, and server restarts (graceful and SIGKILL) in the middle of an
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
-from tests.api_support import ApiServer, read_stream, running, server_env
+from tests.api_support import API, ApiServer, read_stream, running, server_env
 from tests.fakes.llm_server import FakeLLMServer
 from tests.integration.api.conftest import PASSWORD
 from tests.support import dag_script
@@ -49,6 +52,36 @@ def test_stream_sends_heartbeats_while_idle(tmp_path: Path, db_url: str, api: Ap
     with api.stream(intent_id, token, after=0) as ws:
         events = read_stream(ws)
     assert events[-1]["type"] == "intent.completed"
+    assert ws.close_code == 1000
+
+
+@pytest.mark.parametrize("after", [str(2**63), str(2**62 + 1), "-1", "abc", "1.5", ""])
+def test_stream_after_is_checked_like_the_rest_events_route(api: ApiServer, after: str) -> None:
+    """One rule for `after`: the stream answers what GET /events answers (422 validation_error,
+    the same detail), as a message and close code 4422; never a bigint overflow or a bare 403."""
+    token = api.token("ann", PASSWORD)
+    with api.client(token) as c:
+        intent_id = c.post("/intents", json={"text": "quick"}).json()["id"]
+        rest = c.get(f"/intents/{intent_id}/events", params={"after": after})
+    assert rest.status_code == 422, rest.text
+    url = f"ws://127.0.0.1:{api.port}{API}/intents/{intent_id}/stream?after={quote(after)}"
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        first = json.loads(ws.recv(timeout=10))
+        assert read_stream(ws) == []
+    assert ws.close_code == 4422
+    assert first == {
+        "type": "error",
+        "code": "validation_error",
+        "detail": rest.json()["detail"],
+        "errors": rest.json()["errors"],
+    }
+    assert first["detail"].startswith("query.after: ")
+    # The largest value allowed is fine for both: nothing comes after it.
+    api.wait_status(token, intent_id, {"completed"})
+    with api.client(token) as c:
+        assert c.get(f"/intents/{intent_id}/events", params={"after": 2**62}).json() == []
+    with api.stream(intent_id, token, after=2**62) as ws:
+        assert read_stream(ws) == []
     assert ws.close_code == 1000
 
 

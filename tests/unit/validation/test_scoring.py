@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from qlp.domain.findings import Category, CheckResult, CheckStatus, Finding, Severity
+from qlp.domain.findings import (
+    Category,
+    CheckResult,
+    CheckStatus,
+    Finding,
+    Scores,
+    Severity,
+    score_values,
+)
 from qlp.validation.checks.docs import DocsFacts
 from qlp.validation.junit import TestsSummary
 from qlp.validation.scoring import (
@@ -99,4 +107,22 @@ def test_score_puts_it_together() -> None:
         )
     )
     assert (scores.syntax, scores.security, scores.tests, scores.overall) == (100, 100, None, 100)
-    assert scores.to_dict()["tests"] == "n/a"
+    assert scores.to_dict()["tests"] is None
+
+
+def test_n_a_is_null_in_every_dict_and_stored_strings_are_read_as_null() -> None:
+    # One form for the manifest (its schema: integer or null), API answers and --json.
+    assert Scores(syntax=90).to_dict() == {
+        "syntax": 90,
+        "tests": None,
+        "security": None,
+        "lint": None,
+        "docs": None,
+        "overall": None,
+    }
+    # Review rounds stored before null was used hold the string "n/a".
+    assert score_values({"tests": "n/a", "overall": 80, "odd": True}) == {
+        "tests": None,
+        "overall": 80,
+        "odd": None,
+    }

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from qlp.api.context import Service, service
 from qlp.api.inputs import Text
+from qlp.api.problems import ApiProblem
 from qlp.api.schemas import CapsuleOut, CapsulePage, PublicKeyOut
 from qlp.api.security import caller, owner_filter, require_read
 from qlp.auth.base import Principal
-from qlp.capsule.base import CapsuleError
-from qlp.capsule.format import CAPSULE_ID_RE, SUFFIX
+from qlp.capsule.base import CapsuleInvalidError, CapsuleStorageError, VerifyReport
+from qlp.capsule.format import CAPSULE_ID_RE, MANIFEST, SUFFIX
 from qlp.capsule.keys import parse_public_key_text
 from qlp.capsule.verify import verify_capsule
 from qlp.errors import NotFoundError, UserInputError
 from qlp.store.reviews import CapsuleRecord
 
 router = APIRouter(tags=["capsules"])
+log = structlog.get_logger("qlp.api")
 
 Caller = Annotated[Principal, Depends(caller)]
 Svc = Annotated[Service, Depends(service)]
@@ -74,16 +78,20 @@ async def download(capsule_id: str, principal: Caller, svc: Svc) -> StreamingRes
     """The capsule as stored, checked against the size and sha256 recorded when it was
     built (the store refuses a changed object), streamed in chunks."""
     record = await _visible(svc, principal, capsule_id)
-    fd, path = await _scratch_file(svc, "download-")
-    os.close(fd)
     try:
-        await asyncio.to_thread(svc.capsules.get, record.uri, path)
-    except BaseException:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-        raise
+        fh = await asyncio.to_thread(_fetch, svc, record.uri)
+    except NotFoundError:
+        log.error("capsule.missing", capsule_id=record.id, uri=record.uri)
+        raise NotFoundError(f"capsule {record.id}: its file is missing from storage") from None
+    except CapsuleStorageError as exc:
+        log.error("capsule.unreadable", capsule_id=record.id, error=exc.message)
+        raise CapsuleStorageError(
+            f"capsule {record.id} could not be read from storage; the request id identifies "
+            "it in the server's log"
+        ) from None
     filename = f"{record.id}-v{record.version}{SUFFIX}"
-    return StreamingResponse(
-        _chunks(path),
+    return _FileStream(
+        fh,
         media_type="application/zip",
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
@@ -94,24 +102,37 @@ async def download(capsule_id: str, principal: Caller, svc: Svc) -> StreamingRes
     )
 
 
-async def _scratch_file(svc: Service, prefix: str) -> tuple[int, Path]:
-    """A new private file (0600, open) under QLP_HOME/tmp for a capsule passing through."""
-    folder = svc.settings.home / "tmp"
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=SUFFIX, dir=folder)
-    return fd, Path(name)
-
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
+def _fetch(svc: Service, uri: str) -> BinaryIO:
+    """The stored capsule, copied to scratch space and opened; its name is removed before
+    this returns, so nothing is left on disk whatever happens to the request (the open file
+    is freed when it is closed, or with the process). Runs in a thread: if the request is
+    cancelled meanwhile, the copy still finishes here and is removed here."""
+    path = svc.scratch.new_file("download-", SUFFIX)
     try:
-        fh = await asyncio.to_thread(path.open, "rb")
-        try:
-            while chunk := await asyncio.to_thread(fh.read, _CHUNK):
-                yield chunk
-        finally:
-            fh.close()
+        svc.capsules.get(uri, path)
+        return path.open("rb")
     finally:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
+class _FileStream(StreamingResponse):
+    """Streams an open (already unlinked) file and closes it when the response ends, also
+    when the client went away before or during the body (Starlette then never finishes,
+    or never starts, the body iterator, so its cleanup cannot be left to the iterator)."""
+
+    def __init__(self, fh: BinaryIO, **kwargs: Any) -> None:
+        self._fh = fh
+        super().__init__(self._chunks(), **kwargs)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await asyncio.to_thread(self._fh.read, _CHUNK):
+            yield chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._fh.close()
 
 
 @router.post(
@@ -130,10 +151,11 @@ async def verify(request: Request, principal: Caller, svc: Svc) -> dict[str, Any
     """Upload a capsule as the raw request body (`curl --data-binary @x.qlcapsule`) and get
     the verification report: every entry's hash and the signature against THIS server's
     signing key (`signed_by_this_server`) as well as against the key the manifest names."""
-    fd, path = await _scratch_file(svc, "verify-")
+    # Not in a thread: a request cancelled while it waited would leave the file unknown.
+    path = svc.scratch.new_file("verify-", SUFFIX)
     try:
         size = 0
-        with os.fdopen(fd, "wb") as out:
+        with path.open("wb") as out:
             async for chunk in request.stream():
                 size += len(chunk)
                 await asyncio.to_thread(out.write, chunk)
@@ -141,20 +163,33 @@ async def verify(request: Request, principal: Caller, svc: Svc) -> dict[str, Any
             raise UserInputError("body: send the capsule file as the request body")
         ours = parse_public_key_text(svc.public_key)
         try:
-            report = await asyncio.to_thread(verify_capsule, path, ours)
-        except CapsuleError as exc:
-            return {
-                "ok": False,
-                "signed_by_this_server": False,
-                "problems": [{"entry": None, "message": exc.message}],
-            }
+            report = await asyncio.to_thread(_verify_upload, path, ours)
+        except CapsuleInvalidError as exc:
+            # Not a capsule at all: the request is wrong, there is nothing to report on.
+            raise ApiProblem(422, "not_a_capsule", exc.message) from None
         body = report.to_dict()
         body.pop("path", None)
         body["signed_by_this_server"] = bool(report.signature_valid)
         body["size"] = size
         return body
     finally:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        # Not awaited: a cancelled request (client gone) must still remove its upload.
+        path.unlink(missing_ok=True)
+
+
+_UPLOAD = "the request body"
+
+
+def _verify_upload(path: Path, key: Ed25519PublicKey) -> VerifyReport:
+    """The report on an uploaded capsule, whose messages call it "the request body" (never
+    the server's temporary path). CapsuleInvalidError when it is not a capsule: not a zip, or
+    a zip without a manifest."""
+    report = verify_capsule(path, key, name=_UPLOAD)
+    if report.manifest is None:
+        with zipfile.ZipFile(path) as zf:
+            if MANIFEST not in zf.NameToInfo:
+                raise CapsuleInvalidError(f"{_UPLOAD} is not a capsule (a zip without {MANIFEST})")
+    return report
 
 
 @router.get("/keys/capsule", name="keys.capsule", response_model=PublicKeyOut)

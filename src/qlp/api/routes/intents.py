@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from qlp.api.context import Service, service
-from qlp.api.inputs import Text
+from qlp.api.inputs import EventSeq, Text
 from qlp.api.schemas import (
     EventOut,
     FileOut,
@@ -257,7 +257,7 @@ async def events(
     intent_id: IntentId,
     principal: Caller,
     svc: Svc,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[EventSeq, Query(description="Events after this seq (0: all).")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> list[EventOut]:
     await visible_intent(svc, principal, intent_id)

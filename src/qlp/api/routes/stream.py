@@ -15,14 +15,16 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 
 from qlp.api.context import Service, ws_service
-from qlp.api.problems import classify
+from qlp.api.inputs import query_event_seq
+from qlp.api.problems import classify, validation_detail
 from qlp.api.routes.intents import visible_intent
 from qlp.api.security import ws_caller
 from qlp.domain import events as ev
 from qlp.domain.events import Event
-from qlp.errors import QLPError, UserInputError
+from qlp.errors import QLPError
 
 router = APIRouter(tags=["intents"])
 
@@ -47,14 +49,21 @@ def _encoded(e: Event) -> str:
 
 
 @router.websocket("/intents/{intent_id}/stream", name="intent.stream")
-async def stream(websocket: WebSocket, intent_id: str, after: int = 0) -> None:
+async def stream(websocket: WebSocket, intent_id: str) -> None:
     svc = ws_service(websocket)
     await websocket.accept()
     try:
-        if after < 0:
-            raise UserInputError("after: must be 0 or more")
+        # Read here, not as a parameter: FastAPI would refuse a bad one before the accept,
+        # with a bare 403. The rules are GET /events' (EventSeq), and so is the answer.
+        after = query_event_seq("after", websocket.query_params.get("after"))
         principal = await ws_caller(websocket, svc)
         intent = await visible_intent(svc, principal, intent_id)
+    except RequestValidationError as exc:
+        detail, errors = validation_detail(exc)
+        message = {"type": "error", "code": "validation_error", "detail": detail}
+        await websocket.send_json({**message, "errors": errors})
+        await websocket.close(code=4422, reason="validation_error")
+        return
     except QLPError as exc:
         status, code, _ = classify(exc)
         await websocket.send_json({"type": "error", "code": code, "detail": exc.message})
