@@ -8,10 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 
 from qlp import __version__
-from qlp.api import openapi, problems
+from qlp.api import docs, openapi, problems
 from qlp.api.context import Service
 from qlp.api.inputs import RefuseUnstorableUrls
 from qlp.api.limits import BodySizeLimit, RateLimits
@@ -24,11 +25,13 @@ from qlp.config import Settings
 from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signing_key
 from qlp.errors import QLPError
+from qlp.scratch import Scratch
 from qlp.store.audit import AuditStore
 from qlp.store.intent_queries import IntentQueries
 from qlp.store.reviews import ReviewStore
 
 API_PREFIX = "/api/v1"
+log = structlog.get_logger("qlp.api")
 
 DESCRIPTION = """Turn an intent into a tested, scanned and signed QuantumCapsule.
 
@@ -54,6 +57,12 @@ def create_app(
             max_active_per_user=settings.user_max_active_intents,
         )
         key = signing_key(settings)
+        # Removes what a crashed server left in QLP_HOME/tmp, then holds this one's folder.
+        scratch = Scratch(settings.home / "tmp")
+        swept = await asyncio.to_thread(scratch.open)
+        stack.callback(scratch.close)
+        if swept:
+            log.info("api.scratch_swept", removed=len(swept))
         app.state.service = Service(
             settings=settings,
             runtime=rt,
@@ -70,6 +79,7 @@ def create_app(
             metrics=metrics,
             public_key=public_key_text(key),
             public_key_pem=public_key_pem(key),
+            scratch=scratch,
         )
         events = rt.bus.subscribe()
         follower = asyncio.create_task(metrics.follow(events))
@@ -105,7 +115,7 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # docs.install serves /docs with local Swagger UI assets
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -113,6 +123,7 @@ def create_app(
     for router in (auth.router, intents.router, stream.router, capsules.router, system.router):
         app.include_router(router, prefix=API_PREFIX)
     openapi.install(app, API_PREFIX)
+    docs.install(app)
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_body_bytes,

@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
 
+import h11
 import uvicorn
+from sqlalchemy.engine import make_url
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
-from qlp.api.app import create_app
+from qlp.api.app import API_PREFIX, create_app
 from qlp.config import Settings
+from qlp.engine.wiring import DEFAULT_MODELS
 from qlp.errors import QLPError, UserInputError
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Serve until SIGINT/SIGTERM. Shutdown stops accepting connections, lets open requests
-    finish (up to QLP_SERVER_SHUTDOWN_GRACE_S), then interrupts running intents, whose
-    committed state lets the next start resume them."""
+@dataclass(frozen=True)
+class Listening:
+    """What `qlp serve` says once it accepts requests: where, and with what."""
+
+    url: str
+    details: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        width = max((len(label) for label, _ in self.details), default=0)
+        out = [
+            f"qlp serve: listening on {self.url} (API {self.url}{API_PREFIX}, docs {self.url}/docs)"
+        ]
+        out += [f"  {label.ljust(width)}  {value}" for label, value in self.details]
+        return out
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_ready: Callable[[Listening], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. `on_ready` is called once the server accepts requests
+    (the service opened, the socket listening). Shutdown stops accepting connections, lets
+    open requests finish (up to QLP_SERVER_SHUTDOWN_GRACE_S), then interrupts running
+    intents, whose committed state lets the next start resume them."""
     host = host or settings.server_host
     port = settings.server_port if port is None else port
-    if not 0 <= port < 65536:  # 0: any free port (uvicorn's start-up line names it)
+    if not 0 <= port < 65536:  # 0: any free port (the ready line names it)
         raise UserInputError(f"--port: {port} is not a TCP port (0-65535)")
     trusted = settings.server_forwarded_allow_ips.strip()
     failed: list[QLPError] = []
@@ -34,6 +68,10 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         create_app(settings, on_startup_error=startup_failed),
         host=host,
         port=port,
+        # h11 (not httptools) bounds the request head while it arrives: a head larger than
+        # QLP_SERVER_MAX_HEADER_BYTES is refused with 431 before it is buffered whole.
+        http=_bounded_h11(settings.server_max_headers),
+        h11_max_incomplete_event_size=settings.server_max_header_bytes,
         log_level=settings.log_level,
         access_log=False,  # the request middleware logs each request with its id and user
         proxy_headers=bool(trusted),
@@ -42,7 +80,12 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         timeout_graceful_shutdown=int(settings.server_shutdown_grace_s),
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+
+    def started() -> None:
+        if on_ready is not None:
+            on_ready(describe(settings, sock.getsockname()))
+
+    server = _Server(config, started)
     holder.append(server)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once it has shut down
     # (into the handler that was there before). A finished graceful shutdown is a normal
@@ -80,3 +123,142 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
     return None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling `on_started` once the app is up and the socket accepts."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._on_started()
+
+
+def describe(settings: Settings, address: Any) -> Listening:
+    """The ready line's content: the bound address (the real port, also for --port 0), the
+    model, database, storage and sandbox in use, and a warning when no model is set. Never
+    a password, key or query string."""
+    host, port = str(address[0]), int(address[1])
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    details = [
+        ("model", _model(settings)),
+        ("database", _database(settings)),
+        ("storage", _storage(settings)),
+        ("sandbox", _sandbox(settings)),
+    ]
+    warnings = []
+    if settings.llm_provider is None:
+        warnings.append(
+            "no model is configured: every intent will fail until QLP_LLM_PROVIDER "
+            "(openai, azure, anthropic or scripted) and its key are set and the server is "
+            "restarted"
+        )
+    return Listening(url=url, details=details, warnings=warnings)
+
+
+def _model(settings: Settings) -> str:
+    provider = settings.llm_provider
+    if provider is None:
+        return "none configured (QLP_LLM_PROVIDER)"
+    if provider == "scripted":
+        return f"scripted, answers from {settings.llm_script}"
+    if provider == "azure":
+        return (
+            f"azure deployment {settings.llm_model} at {_no_query(settings.azure_openai_endpoint)}"
+        )
+    model = settings.llm_model or DEFAULT_MODELS.get(provider, "?")
+    if settings.llm_base_url:
+        return f"{provider} {model} at {_no_query(settings.llm_base_url)}"
+    return f"{provider} {model}"
+
+
+def _database(settings: Settings) -> str:
+    if settings.database_url is None:
+        return f"embedded PostgreSQL in {settings.home / 'postgres'}"
+    url = make_url(settings.database_url)
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return f"PostgreSQL at {where}, database {url.database}"
+
+
+def _storage(settings: Settings) -> str:
+    if settings.storage == "azure":
+        return f"Azure Blob Storage {_no_query(settings.storage_url)}"
+    return f"local folder {settings.home / 'capsules'}"
+
+
+def _sandbox(settings: Settings) -> str:
+    if not settings.validation_enabled:
+        return "none: validation is off (QLP_VALIDATE=false), generated code is not run"
+    return settings.sandbox
+
+
+def _no_query(url: str | None) -> str:
+    if not url:
+        return "(unset)"
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+# -- request head limits ------------------------------------------------------------------
+class _BoundedConnection(h11.Connection):
+    """h11's server connection that also bounds the header count, and remembers the status
+    its last protocol error calls for (431 for a head too large), which uvicorn drops."""
+
+    def __init__(self, max_head_bytes: int, max_headers: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_headers = max_headers
+        self.error_status = 400
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.error_status = exc.error_status_hint
+            raise
+        if isinstance(event, h11.Request) and len(event.headers) > self.max_headers:
+            self.error_status = 431
+            raise h11.RemoteProtocolError(
+                f"more than {self.max_headers} header fields", error_status_hint=431
+            )
+        return event
+
+
+def _bounded_h11(max_headers: int) -> type[asyncio.Protocol]:
+    class BoundedH11Protocol(H11Protocol):
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            super().__init__(config, server_state, app_state, _loop)
+            limit = config.h11_max_incomplete_event_size
+            assert limit is not None
+            self.conn = _BoundedConnection(limit, max_headers)
+
+        def send_400_response(self, msg: str) -> None:
+            conn = self.conn
+            if not isinstance(conn, _BoundedConnection) or conn.error_status != 431:
+                super().send_400_response(msg)
+                return
+            body = b"Request header fields too large\n"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            reason = b"Request Header Fields Too Large"
+            self.transport.write(
+                conn.send(h11.Response(status_code=431, headers=headers, reason=reason)) or b""
+            )
+            self.transport.write(conn.send(h11.Data(data=body)) or b"")
+            self.transport.write(conn.send(h11.EndOfMessage()) or b"")
+            self.transport.close()
+
+    return BoundedH11Protocol

@@ -26,7 +26,7 @@ from qlp.engine.quality import Quality, rerun_set
 from qlp.engine.scheduler import DagOutcome, DagScheduler
 from qlp.engine.workspace import TreeLock, Workspace, WrittenFile
 from qlp.errors import BudgetExceededError, QLPError, UserInputError
-from qlp.llm.base import CallRecord, LLMClient
+from qlp.llm.base import CallRecord, LLMClient, client_for_intent
 from qlp.llm.recording import RecordingClient
 from qlp.planning.planner import PlannerLimits, make_plan
 from qlp.review.gate import Gate, may_approve
@@ -379,7 +379,8 @@ class Pipeline:
                     "raise QLP_TOKEN_BUDGET_PER_INTENT or narrow the request"
                 )
 
-        return RecordingClient(self.llm, observe)
+        # A scripted model answers each intent from the start of its script.
+        return RecordingClient(client_for_intent(self.llm, intent_id), observe)
 
 
 class _IntentRun:

@@ -8,7 +8,7 @@ Adapters (`openai_compat.py`, `anthropic_provider.py`, `scripted.py`) implement 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
 
@@ -84,6 +84,19 @@ class LLMClient(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PerIntent(Protocol):
+    """A client whose answers depend on which intent asks (the scripted provider: each
+    intent reads its script from the start)."""
+
+    def for_intent(self, intent_id: str) -> LLMClient: ...
+
+
+def client_for_intent(llm: LLMClient, intent_id: str) -> LLMClient:
+    """The client to use for `intent_id`'s calls: `llm` itself unless it is `PerIntent`."""
+    return llm.for_intent(intent_id) if isinstance(llm, PerIntent) else llm
 
 
 @dataclass(frozen=True)

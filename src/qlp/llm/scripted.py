@@ -5,9 +5,10 @@ The file format is public and frozen::
     {"responses": [{"when": "optional substring", "content": "assistant reply"}, ...]}
 
 Each call takes the first unused entry whose ``when`` is absent or occurs (plain, case-sensitive
-substring) in the call's last user message. Entries may carry extra keys (the fake HTTP server
-in ``tests/fakes`` uses ``status``, ``headers``, ``body``, ``delay_s``, ``raw``); this client
-reads only ``when`` and ``content``.
+substring) in the call's last user message. Every intent has its own pass through the script
+(`ScriptedClient.for_intent`): one server answers any number of intents from one file.
+Entries may carry extra keys (the fake HTTP server in ``tests/fakes`` uses ``status``,
+``headers``, ``body``, ``delay_s``, ``raw``); this client reads only ``when`` and ``content``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ from qlp.llm.base import LLMRequest, LLMResponse, Usage
 # An entry without "content" is only meaningful to the fake server (a fault to inject).
 _FAULT_KEYS = ("status", "raw")
 _SNIPPET = 120
+# Intents whose place in the script is remembered; an older one asking again (a review
+# re-run long after) starts from the start, as it would in a new process.
+MAX_INTENT_SESSIONS = 1024
 
 
 def estimate_tokens(text: str) -> int:
@@ -87,6 +92,15 @@ class Script:
             ) from None
         return cls.from_data(data, source=str(p))
 
+    def fresh(self) -> Script:
+        """The same answers, none used yet."""
+        copy = Script.__new__(Script)
+        copy.source = self.source
+        copy._entries = self._entries  # checked once, never changed
+        copy._used = [False] * len(self._entries)
+        copy._lock = threading.Lock()
+        return copy
+
     # -- use -------------------------------------------------------------------------
     def take(self, last_user_message: str) -> dict[str, Any]:
         """Mark and return the first unused entry that matches; ScriptExhaustedError if none."""
@@ -142,6 +156,22 @@ class ScriptedClient:
     def __init__(self, script: Script, model: str = "scripted") -> None:
         self._script = script
         self._model = model
+        self._sessions: OrderedDict[str, ScriptedClient] = OrderedDict()
+        self._sessions_lock = threading.Lock()
+
+    def for_intent(self, intent_id: str) -> ScriptedClient:
+        """The client for one intent's calls: its own pass through the script, from the
+        start, kept while the intent goes on (so a re-run takes the next unused answers)."""
+        with self._sessions_lock:
+            client = self._sessions.get(intent_id)
+            if client is None:
+                client = ScriptedClient(self._script.fresh(), self._model)
+                self._sessions[intent_id] = client
+                while len(self._sessions) > MAX_INTENT_SESSIONS:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(intent_id)
+            return client
 
     @property
     def provider(self) -> str:

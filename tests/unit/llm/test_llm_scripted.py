@@ -151,3 +151,28 @@ def test_wrong_shape(tmp_path: Path, data: object, problem: str) -> None:
         Script.load(path)
     assert problem in str(info.value)
     assert str(path) in str(info.value)
+
+
+async def test_each_intent_reads_the_script_from_the_start() -> None:
+    client = ScriptedClient(Script([{"content": "one"}, {"content": "two"}]))
+    a, b = client.for_intent("QLI-A"), client.for_intent("QLI-B")
+    assert [(await a.complete(ask("x"))).content for _ in range(2)] == ["one", "two"]
+    assert [(await b.complete(ask("x"))).content for _ in range(2)] == ["one", "two"]
+    # The same intent keeps its place (a re-run takes the next unused answers) ...
+    with pytest.raises(ScriptExhaustedError):
+        await client.for_intent("QLI-A").complete(ask("x"))
+    # ... and the shared script underneath is untouched.
+    assert client.script.used == 0
+
+
+def test_intent_sessions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qlp.llm.scripted as scripted
+
+    monkeypatch.setattr(scripted, "MAX_INTENT_SESSIONS", 2)
+    client = ScriptedClient(Script([{"content": "one"}]))
+    first = client.for_intent("QLI-1")
+    client.for_intent("QLI-2")
+    assert client.for_intent("QLI-1") is first  # still remembered, now the most recent
+    client.for_intent("QLI-3")  # evicts QLI-2, the least recently used
+    assert client.for_intent("QLI-1") is first
+    assert client.for_intent("QLI-2") is not first
