@@ -9,6 +9,7 @@ call `load_settings()`; everything else receives the values it needs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +177,10 @@ class Settings(BaseSettings):
     # Largest JSON request body; a capsule upload to /capsules/verify has its own limit.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # A request's head (request line and headers) and its header count; beyond them the
+    # server answers 431 and closes the connection, before the request reaches the app.
+    server_max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    server_max_headers: int = Field(default=100, ge=10, le=10_000)
     # Requests per minute per identity (client IP and username for login; user for submit).
     login_rate_per_minute: int = Field(default=10, ge=1)
     submit_rate_per_minute: int = Field(default=30, ge=1)
@@ -208,7 +213,19 @@ class Settings(BaseSettings):
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+        home = value.expanduser().resolve()
+        # Checked here, where every command gets its QLP_HOME, so a wrong one is a line that
+        # says what to change (exit 2), not an OSError deep inside a command.
+        existing = home
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{existing} is a file, not a folder; set QLP_HOME to a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"{existing} is not writable; set QLP_HOME to a folder you can write to"
+            )
+        return home
 
     @field_validator("llm_script", mode="after")
     @classmethod
@@ -252,7 +269,8 @@ def load_settings(**overrides: Any) -> Settings:
             name = _variable_name(tuple(err.get("loc", ())))
             value = err.get("input")
             shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
-            problems.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}{shown}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
     except SettingsError as exc:  # a value that had to be JSON (e.g. QLP_LLM_PRICES) was not
         match = re.search(r'field "(\w+)"', str(exc))

@@ -63,5 +63,7 @@ def test_a_home_that_is_a_file_is_named(tmp_path: Path) -> None:
     Path(env["QLP_HOME"]).write_text("not a folder")
     res = qlp("doctor", "--json", "--no-model-call", env=env, cwd=tmp_path)
     assert res.returncode == 1
-    home = _checks(res.stdout)["home"]
-    assert home["state"] == "FAILED" and "not a folder" in home["detail"]
+    checks = _checks(res.stdout)
+    # The settings themselves refuse such a home, saying which variable to change.
+    failed = checks.get("home") or checks["configuration"]
+    assert failed["state"] == "FAILED" and "QLP_HOME" in failed["fix"] + failed["detail"]

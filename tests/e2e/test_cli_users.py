@@ -124,6 +124,11 @@ def test_api_key_create_list_revoke(home: Path, db_url: str) -> None:
     assert key.startswith(entry["prefix"])
     assert key not in listed.stdout
     assert entry["revoked_at"] is None
+    # Piped, the table was cut to 80 columns and the id `revoke` needs was wrapped.
+    table = qlp("user", "apikey", "list", "frank", home=home, db_url=db_url)
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if entry["prefix"] in line]
+    assert row.split()[0] == entry["id"], table.stdout
 
     # Another user's name with frank's key id: not found, and the key keeps working.
     other = qlp("user", "apikey", "revoke", "carol", entry["id"], home=home, db_url=db_url)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from qlp.cli.common import console, err_console, handle_errors, print_json, settings
-from qlp.engine.wiring import open_runtime
-from qlp.store.audit import AuditRecord, AuditStore
+from qlp.cli.safetext import escape
+
+if TYPE_CHECKING:  # imported when a command runs: the CLI starts fast
+    from qlp.store.audit import AuditRecord, AuditStore
 
 app = typer.Typer(help="The audit log of `qlp serve` (who did what, when).", no_args_is_help=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -21,6 +22,9 @@ def _run(fn: Callable[[AuditStore], Awaitable[int]]) -> int:
     cfg = settings()
 
     async def main() -> int:
+        from qlp.engine.wiring import open_runtime
+        from qlp.store.audit import AuditStore
+
         async with open_runtime(cfg) as rt:
             return await fn(AuditStore(rt.store))
 

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlparse
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.markup import escape
 
-from qlp.capsule.base import VerifyReport
-from qlp.capsule.diff import diff_capsules
-from qlp.capsule.extract import extract_capsule
-from qlp.capsule.format import CAPSULE_ID_RE, SUFFIX
-from qlp.capsule.keys import (
-    key_file_path,
-    load_or_create_signing_key,
-    parse_public_key,
-    public_key_pem,
-    public_key_text,
-)
-from qlp.capsule.verify import verify_capsule
 from qlp.cli.common import console, err_console, handle_errors, print_json, settings
+from qlp.cli.safetext import escape, visible
 from qlp.errors import UserInputError
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: the CLI starts fast
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from qlp.capsule.base import VerifyReport
 
 app = typer.Typer(
     help="Check, inspect, unpack and compare QuantumCapsule files (.qlcapsule).",
@@ -52,6 +45,8 @@ def local_capsule(ref: str) -> Path:
     """The capsule `ref` names, as a local file: a path, a file:// URI, or a capsule id (then
     fetched from the configured store, local or Azure, into a folder removed when the command
     ends)."""
+    from qlp.capsule.format import CAPSULE_ID_RE
+
     if CAPSULE_ID_RE.match(ref):
         tmp = settings().home / "tmp"
         tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -81,6 +76,8 @@ async def _fetch(capsule_id: str, folder: Path) -> Path:
         if found is None:
             raise UserInputError(f"no capsule {capsule_id} in this QLP's database")
         record = found[0]
+        from qlp.capsule.format import SUFFIX
+
         target = folder / f"{capsule_id}{SUFFIX}"
         return await asyncio.to_thread(make_capsule_store(cfg).get, record.uri, target)
 
@@ -97,14 +94,16 @@ KeyOption = Annotated[
 
 
 def _key(value: str | None) -> Ed25519PublicKey | None:
+    from qlp.capsule.keys import parse_public_key
+
     return parse_public_key(value) if value else None
 
 
 def _signer_line(report: VerifyReport) -> str:
     if report.key_source == "given":
-        return f"signed by the given key {report.public_key}"
+        return f"signed by the given key {escape(report.public_key)}"
     return (
-        f"self-signed check against the key the capsule names ({report.public_key}); "
+        f"self-signed check against the key the capsule names ({escape(report.public_key)}); "
         "pass --key to require a known signer"
     )
 
@@ -116,12 +115,14 @@ def verify(path: CapsuleArg, key: KeyOption = None, as_json: JsonOption = False)
 
     Exit 0 when the capsule is intact, 1 naming each problem when it is not.
     """
+    from qlp.capsule.verify import verify_capsule
+
     report = verify_capsule(local_capsule(path), _key(key))
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
         console.print(
-            f"[green]OK[/] {report.capsule_id} v{report.version}: "
+            f"[green]OK[/] {escape(report.capsule_id)} v{escape(report.version)}: "
             f"{report.entries_checked} entries match the manifest; {_signer_line(report)}",
             highlight=False,
             soft_wrap=True,
@@ -149,11 +150,14 @@ def _show_text(manifest: dict[str, Any], report: VerifyReport) -> None:
     if cost is not None and totals.get("unpriced_calls"):
         cost_text = f"at least {cost_text} ({totals['unpriced_calls']} unpriced call(s))"
     lines = [
-        f"[bold]{manifest.get('capsule_id')}[/] version {manifest.get('version')}"
-        + (f" (parent {manifest['parent']})" if manifest.get("parent") else ""),
+        f"[bold]{escape(manifest.get('capsule_id'))}[/] version {escape(manifest.get('version'))}"
+        + (f" (parent {escape(manifest['parent'])})" if manifest.get("parent") else ""),
         f"intent    {escape(str(intent.get('id')))}: {escape(str(intent.get('text')))}",
         "models    "
-        + (", ".join(f"{m['provider']}:{m['model']}" for m in manifest.get("models") or []) or "-"),
+        + (
+            escape(", ".join(f"{m['provider']}:{m['model']}" for m in manifest.get("models") or []))
+            or "-"
+        ),
         f"tokens    {totals.get('input_tokens')} in, {totals.get('output_tokens')} out;"
         f" cost {cost_text}",
         f"files     {len(project)} project file(s), {len(entries)} entries, "
@@ -198,6 +202,8 @@ def show(path: CapsuleArg, key: KeyOption = None, as_json: JsonOption = False) -
 
     The signature is checked (quickly: entries are not read; `verify` reads them).
     """
+    from qlp.capsule.verify import verify_capsule
+
     report = verify_capsule(local_capsule(path), _key(key), contents=False)
     if report.manifest is None:
         err_console.print(f"[bold red]error:[/] {escape(str(path))} has no readable manifest")
@@ -234,6 +240,8 @@ def extract(
     Refuses unsafe names, symlinks, unlisted entries and a capsule that does not verify;
     never overwrites a file unless --force. A refused capsule leaves nothing behind.
     """
+    from qlp.capsule.extract import extract_capsule
+
     result = extract_capsule(local_capsule(path), dest, force=force, public_key=_key(key))
     if as_json:
         print_json(
@@ -247,7 +255,8 @@ def extract(
         )
         return
     console.print(
-        f"extracted {result.capsule_id} ({result.files} files) into {escape(str(result.dest))}; "
+        f"extracted {escape(result.capsule_id)} ({result.files} files) into "
+        f"{escape(str(result.dest))}; "
         f"{_signer_line(result.report)}",
         highlight=False,
         soft_wrap=True,
@@ -272,6 +281,8 @@ def diff(
     as_json: JsonOption = False,
 ) -> None:
     """List the files added, removed and changed from capsule A to capsule B."""
+    from qlp.capsule.diff import diff_capsules
+
     result = diff_capsules(
         local_capsule(a),
         local_capsule(b),
@@ -284,7 +295,8 @@ def diff(
         print_json(result.to_dict())
         return
     console.print(
-        f"{result.a_id} v{result.a_version} -> {result.b_id} v{result.b_version}: "
+        f"{escape(result.a_id)} v{escape(result.a_version)} -> "
+        f"{escape(result.b_id)} v{escape(result.b_version)}: "
         f"{len(result.changes)} changed, {result.unchanged} unchanged",
         highlight=False,
     )
@@ -293,7 +305,9 @@ def diff(
         console.print(f"{marks[change.status]} {escape(change.path)}", highlight=False)
     for name, (old, new) in result.manifest_changes.items():
         if name in ("scores", "decision", "version", "parent"):
-            console.print(f"  {name}: {escape(str(old))} -> {escape(str(new))}", highlight=False)
+            console.print(
+                f"  {name}: {escape(_field(old))} -> {escape(_field(new))}", highlight=False
+            )
         else:
             console.print(f"  {name} changed", highlight=False)
     if patch:
@@ -301,7 +315,24 @@ def diff(
             if change.binary:
                 console.print(f"Binary files differ: {escape(change.path)}", highlight=False)
             elif change.patch:
-                console.out(change.patch, end="", highlight=False)
+                console.out(visible(change.patch), end="", highlight=False)
+
+
+def _field(value: object) -> str:
+    """A manifest field for a person: `overall 87, coverage n/a`, not a Python repr."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_field_item(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def _field_item(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value)
 
 
 @keys_app.command("show")
@@ -313,6 +344,13 @@ def keys_show(
     """Print the public key capsules are signed with (creating the local key on first use)."""
     cfg = settings()
     secret = cfg.signing_key.get_secret_value() if cfg.signing_key is not None else None
+    from qlp.capsule.keys import (
+        key_file_path,
+        load_or_create_signing_key,
+        public_key_pem,
+        public_key_text,
+    )
+
     path = key_file_path(cfg.home)
     created = secret is None and not path.exists()
     key = load_or_create_signing_key(cfg.home, secret)

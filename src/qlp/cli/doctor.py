@@ -18,6 +18,7 @@ import typer
 from rich.text import Text
 
 from qlp.cli.common import console, handle_errors, print_json
+from qlp.cli.safetext import plain
 from qlp.errors import QLPError
 
 OK, WARN, FAIL = "ok", "warning", "FAILED"
@@ -158,10 +159,10 @@ def doctor(
     else:
         for f in found:
             line = Text(f"{f.state:<8} {f.check:<32} ", style=_STYLE[f.state])
-            line.append(f.detail, style="")
+            line.append(plain(f.detail, one_line=True))  # paths and errors are data
             console.print(line, soft_wrap=True)
             if f.fix and f.state != OK:
-                console.print(Text(f"         fix: {f.fix}"), soft_wrap=True)
+                console.print(Text("         fix: ") + plain(f.fix, one_line=True), soft_wrap=True)
         verdict = "ready" if not failed else f"{len(failed)} check(s) FAILED"
         console.print(Text(f"qlp doctor: {verdict}"), soft_wrap=True)
     if failed:

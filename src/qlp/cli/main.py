@@ -8,46 +8,47 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
+from rich.text import Text
+from typer.core import TyperGroup
 
 from qlp import __version__
-from qlp.cli import render
 from qlp.cli.audit import app as audit_app
 from qlp.cli.capsule import app as capsule_app
 from qlp.cli.capsule import keys_app
-from qlp.cli.common import STATE, console, err_console, handle_errors, print_json, settings
+from qlp.cli.common import (
+    STATE,
+    clip,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
 from qlp.cli.doctor import doctor_command
 from qlp.cli.review import app as review_app
+from qlp.cli.safetext import plain
 from qlp.cli.sandbox import app as sandbox_app
 from qlp.cli.users import app as users_app
-from qlp.cli.views import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
-    EXIT_OK,
-    exit_code,
-    intent_document,
-    print_intent,
-)
-from qlp.config import Settings
-from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus
-from qlp.engine.quality import CapsuleIdentity
-from qlp.engine.replay import ReplayClient, ReplayResult, compare, file_sha256, load_original
-from qlp.engine.wiring import (
-    LLM_OPTION,
-    Runtime,
-    apply_llm_spec,
-    continuing_llm,
-    llm_identity,
-    open_runtime,
-)
 from qlp.errors import QLPError, UserInputError
-from qlp.store.base import IntentRecord
-from qlp.store.db import schema_revision
-from qlp.store.reviews import ReviewStore
+
+# `qlp --help` and `qlp version` start in a fraction of a second because nothing heavy (the
+# engine, the LLM SDKs, SQLAlchemy, FastAPI) is imported at the top of the CLI's modules: a
+# command imports what it needs when it runs (tests/unit/cli/test_startup.py keeps it so;
+# bench/cli_startup.py measures it).
+if TYPE_CHECKING:
+    from qlp.config import Settings
+    from qlp.domain.events import Event
+    from qlp.engine.wiring import Runtime
+    from qlp.store.base import IntentRecord
+
+# The same values as qlp.cli.views (which imports the renderers and the stores).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
 
 RUN_HELP = """Plan and build an intent, showing live progress.
 
@@ -56,12 +57,25 @@ line); 2 bad input or configuration; 3 it is waiting for review (decide with `ql
 130 cancelled with Ctrl-C (continue with `qlp resume ID`).
 """
 
+
+class _RootGroup(TyperGroup):
+    """The root command, where `--debug` is accepted anywhere before a `--`: every error
+    line says "run again with --debug", and the user adds it at the end."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click Context
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="qlp",
+    cls=_RootGroup,
     help="QLP, the Quantum Layer Platform: from an intent to a tested, signed project.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 intents_app = typer.Typer(help="Inspect intents.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -88,9 +102,27 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show tracebacks on errors (anywhere on the command line)."),
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=lambda value: _print_version(value),
+            help="Print the QLP version and exit (the same as `qlp version`).",
+        ),
+    ] = False,
 ) -> None:
     STATE["debug"] = debug
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit(0)
 
 
 # -- running intents --------------------------------------------------------------------
@@ -101,6 +133,11 @@ async def _drive(
     as_json: bool,
 ) -> int:
     """Run `work` while rendering its events; Ctrl-C cancels it cleanly."""
+    from rich.live import Live
+
+    from qlp.cli import render
+    from qlp.cli.views import exit_code, intent_document, print_intent
+
     queue = rt.bus.subscribe()
     view = render.LiveView(intent.id)
     view.seed(intent, await rt.store.get_tasks(intent.id))
@@ -121,7 +158,7 @@ async def _drive(
     def log_line(event: Event) -> None:
         view.apply(event)
         if not as_json:
-            console.print(render.describe(event), highlight=False, soft_wrap=True)
+            console.print(plain(render.describe(event)), soft_wrap=True)
 
     cancelled = False
     try:
@@ -164,6 +201,8 @@ async def _drive(
 
 
 def _with_runtime(cfg: Settings, fn: Callable[[Runtime], Awaitable[int]]) -> int:
+    from qlp.engine.wiring import open_runtime
+
     async def main() -> int:
         async with open_runtime(cfg) as rt:
             return await fn(rt)
@@ -171,27 +210,81 @@ def _with_runtime(cfg: Settings, fn: Callable[[Runtime], Awaitable[int]]) -> int
     return asyncio.run(main())
 
 
+def _intent_text(argument: str | None, file: Path | None) -> str:
+    """The intent from the argument, standard input (`-`) or --file, checked to be UTF-8 text
+    that is not empty."""
+    if argument is not None and file is not None:
+        raise UserInputError("give the intent as an argument or with --file, not both")
+    if argument is None and file is None:
+        raise UserInputError(
+            'say what to build: qlp run "...", qlp run --file PATH, or qlp run - (standard input)'
+        )
+    where = ""
+    if file is not None or argument == "-":
+        where = str(file) if file is not None else "standard input"
+        try:
+            data = file.read_bytes() if file is not None else sys.stdin.buffer.read()
+        except OSError as exc:
+            raise UserInputError(f"{where}: cannot read the intent ({exc.strerror})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserInputError(
+                f"{where}: the intent is not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8"
+            ) from None
+    else:
+        assert argument is not None
+        text = argument
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # undecodable bytes arrive as lone surrogates
+            raise UserInputError(
+                f"the intent is not valid UTF-8 (character {exc.start + 1}); "
+                "write it in UTF-8 (check the terminal's encoding)"
+            ) from None
+    if not text.strip():
+        raise UserInputError(
+            f"{where + ': ' if where else ''}the intent is empty; say what to build"
+        )
+    return text
+
+
 @app.command(help=RUN_HELP)
 @handle_errors
 def run(
-    intent: Annotated[str, typer.Argument(help="What to build, in plain language.")],
+    intent: Annotated[
+        str | None,
+        typer.Argument(
+            help="What to build, in plain language; `-` reads it from standard input.",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Read the intent from this UTF-8 text file.", dir_okay=False),
+    ] = None,
     llm: LlmOption = None,
     as_json: JsonOption = False,
     max_parallel: Annotated[
-        int | None, typer.Option(min=1, help="Tasks run at once (QLP_MAX_PARALLEL_TASKS).")
+        int | None,
+        # max: the cap of Settings.max_parallel_tasks, checked here so the error names the flag
+        typer.Option(min=1, max=256, help="Tasks run at once (QLP_MAX_PARALLEL_TASKS)."),
     ] = None,
 ) -> None:
+    from qlp.engine.wiring import LLM_OPTION, apply_llm_spec, llm_identity
+
     overrides: dict[str, Any] = {}
     if max_parallel is not None:
         overrides["max_parallel_tasks"] = max_parallel
     cfg = apply_llm_spec(settings(**overrides), llm)
-    if not intent.strip():
-        raise UserInputError("the intent is empty; say what you want built")
+    text = _intent_text(intent, file)
 
     async def go(rt: Runtime) -> int:
         pipeline = rt.pipeline()  # a missing LLM setting fails here, before anything is stored
-        # The model is remembered (never its key) so that resume and review continue with it.
-        record = await pipeline.submit(intent, options={LLM_OPTION: llm_identity(cfg)})
+        # A model chosen with --llm is remembered (never its key) so that resume and review
+        # continue with it.
+        options = {LLM_OPTION: llm_identity(cfg)} if llm else {}
+        record = await pipeline.submit(text, options=options)
         if not as_json:
             console.print(f"intent {record.id} queued", highlight=False)
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
@@ -209,6 +302,8 @@ def resume(
     llm: LlmOption = None,
     as_json: JsonOption = False,
 ) -> None:
+    from qlp.engine.wiring import apply_llm_spec, continuing_llm
+
     cfg = apply_llm_spec(settings(), llm)
 
     async def go(rt: Runtime) -> int:
@@ -229,6 +324,8 @@ def intents_list(
     status: Annotated[IntentStatus | None, typer.Option(help="Only intents in this state.")] = None,
     as_json: JsonOption = False,
 ) -> None:
+    from qlp.cli import render
+
     async def go(rt: Runtime) -> int:
         rows = await rt.store.list_intents(limit=limit, status=status)
         if as_json:
@@ -252,15 +349,16 @@ def intents_list(
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False)
-        for col in ("intent", "status", "created", "tokens", "text"):
-            table.add_column(col, no_wrap=col != "text", overflow="ellipsis", max_width=70)
+        for col in ("intent", "status", "created", "tokens"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("text", **clip(70))
         for r in rows:
             table.add_row(
                 r.id,
                 render.styled(r.status.value),
                 r.created_at.strftime("%Y-%m-%d %H:%M"),
                 f"{r.total_tokens:,}",
-                r.text.splitlines()[0],
+                plain((r.text.splitlines() or [""])[0], one_line=True),
             )
         console.print(table)
         return EXIT_OK
@@ -275,6 +373,9 @@ def intents_show(
     events: Annotated[bool, typer.Option("--events", help="Also list its events.")] = False,
     as_json: JsonOption = False,
 ) -> None:
+    from qlp.cli import render
+    from qlp.cli.views import intent_document, print_intent
+
     async def go(rt: Runtime) -> int:
         record = await rt.store.find_intent(intent_id)
         tasks = await rt.store.get_tasks(record.id)
@@ -287,18 +388,18 @@ def intents_show(
             print_json(data)
             return EXIT_OK
         await print_intent(rt, record)
-        console.print(f"\n[bold]intent[/]\n{record.text}\n", highlight=False)
+        console.print(Text.assemble("\n", ("intent", "bold"), "\n", plain(record.text), "\n"))
         if tasks:
             console.print(render.tasks_table(tasks))
             for t in tasks:
                 if t.error:
-                    console.print(f"  {t.id}: [red]{t.error}[/]", highlight=False)
+                    console.print(Text.assemble(f"  {t.id}: ", plain(t.error, "red")))
         if files:
             console.print("\n[bold]files[/]")
             for f in files.values():
-                console.print(f"  {f.path}  {f.size:,} B  ({f.task_id})", highlight=False)
+                console.print(plain(f"  {f.path}  {f.size:,} B  ({f.task_id})", one_line=True))
         for e in evs:
-            console.print(render.describe(e), highlight=False)
+            console.print(plain(render.describe(e)))
         return EXIT_OK
 
     raise typer.Exit(_with_runtime(settings(), go))
@@ -313,6 +414,8 @@ def capsule_list(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
+    from qlp.store.reviews import ReviewStore
+
     async def go(rt: Runtime) -> int:
         only = (await rt.store.find_intent(intent_id)).id if intent_id else None
         rows = await ReviewStore(rt.store).capsules(only, limit=limit)
@@ -338,8 +441,7 @@ def capsule_list(
         for c in rows if not as_json else []:
             decision = (c.decision or {}).get("decision", "-")
             console.print(
-                f"{c.id}  v{c.version}  {c.intent_id}  {decision}  {c.size:,} B  {c.uri}",
-                highlight=False,
+                plain(f"{c.id}  v{c.version}  {c.intent_id}  {decision}  {c.size:,} B  {c.uri}")
             )
         return EXIT_OK
 
@@ -357,6 +459,9 @@ def replay(
     capsule: Annotated[Path, typer.Argument(help="The .qlcapsule file to rebuild.")],
     as_json: JsonOption = False,
 ) -> None:
+    from qlp.engine.quality import CapsuleIdentity
+    from qlp.engine.replay import ReplayClient, ReplayResult, compare, file_sha256, load_original
+
     original = load_original(capsule.expanduser().resolve())
     if int(original.manifest.get("version", 1)) != 1:
         raise UserInputError(
@@ -399,14 +504,14 @@ def replay(
         if as_json:
             print_json(result.to_dict())
         else:
-            console.print(f"original  {result.original_sha256}  {original.path}", highlight=False)
-            console.print(f"rebuilt   {result.rebuilt_sha256}  {out}", highlight=False)
+            console.print(plain(f"original  {result.original_sha256}  {original.path}"))
+            console.print(plain(f"rebuilt   {result.rebuilt_sha256}  {out}"))
             if result.identical:
                 console.print("[green]byte-identical[/]")
             else:
                 console.print("[red]different[/]; entries that differ:")
-                for name in result.differing:
-                    console.print(f"  {name}", highlight=False)
+                for name in result.differing:  # entry names come from the capsule file
+                    console.print(plain(f"  {name}", one_line=True))
         return EXIT_OK if result.identical else EXIT_FAILED
 
     raise typer.Exit(_with_runtime(cfg, go))
@@ -416,6 +521,8 @@ def replay(
 @db_app.command("upgrade", help="Apply database migrations (also done on every start).")
 @handle_errors
 def db_upgrade() -> None:
+    from qlp.store.db import schema_revision
+
     async def go(rt: Runtime) -> int:
         current, head = await schema_revision(rt.store.engine)
         console.print(f"database schema at revision {current} (latest {head})")
@@ -435,9 +542,16 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (QLP_SERVER_PORT, 8000)")] = None,
 ) -> None:
+    from qlp.api.server import Listening
     from qlp.api.server import serve as run_server  # FastAPI loads only for this command
 
-    run_server(settings(), host=host, port=port)
+    def ready(where: Listening) -> None:
+        for line in where.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        for warning in where.warnings:
+            err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
+    run_server(settings(), host=host, port=port, on_ready=ready)
 
 
 @app.command(help="Print the QLP version.")

@@ -10,6 +10,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from qlp.cli.common import clip
+from qlp.cli.safetext import plain, visible
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.store.base import FileRecord, IntentRecord, TaskRecord
@@ -93,9 +95,15 @@ def _task_table(rows: Iterable[tuple[str, str, str, int, str]]) -> Table:
     table.add_column("type")
     table.add_column("status")
     table.add_column("tokens", justify="right")
-    table.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("title", **clip(60))
     for task_id, type_, status, tokens, title in rows:
-        table.add_row(task_id, type_, styled(status), f"{tokens:,}", title)
+        table.add_row(
+            plain(task_id, one_line=True),
+            plain(type_, one_line=True),
+            styled(visible(status, one_line=True)),
+            f"{tokens:,}",
+            plain(title, one_line=True),
+        )
     return table
 
 
@@ -125,10 +133,10 @@ def summary(
         ),
         Text(f"cost      {money(intent.cost_usd, intent.cost_known)}"),
         Text(f"time      {secs:.1f} s" if secs is not None else "time      -"),
-        Text(f"workspace {intent.workspace}"),
+        Text.assemble("workspace ", plain(intent.workspace)),
     ]
     if intent.error:
-        lines.append(Text(f"error     {intent.error}", style="red"))
+        lines.append(Text.assemble("error     ", plain(intent.error, "red")))
     return Group(*lines)
 
 
@@ -238,7 +246,9 @@ def describe(event: Event) -> str:
         extra = f" round {p.get('round')}: {p.get('decision')} by {p.get('by')}"
     elif event.type == "capsule.ready":
         extra = f": {p.get('capsule_id')} v{p.get('version')}"
-    return f"[{event.seq:>4}] {event.type}{task}{extra}"
+    # Payloads hold model, tool and user text: shown with its control characters escaped,
+    # and printed as plain text (never markup) by every caller.
+    return visible(f"[{event.seq:>4}] {event.type}{task}{extra}", one_line=True)
 
 
 def _score(value: object) -> str:
@@ -251,20 +261,25 @@ def quality(rounds: list[ReviewRound], capsules: list[CapsuleRecord]) -> Rendera
         return Text("")
     last = rounds[-1]
     scores = "  ".join(f"{k} {_score(v)}" for k, v in sorted(last.scores.items()))
+    # The state is in words as well as colour (piped, NO_COLOR, colour-blind readers).
     gates = Text("gates     ")
-    for g in last.gates:
-        gates.append(f"{g['name']} ", style="green" if g["passed"] else "red")
-    lines = [Text(f"scores    {scores}"), gates]
+    for i, g in enumerate(last.gates):
+        gates.append(", " if i else "")
+        gates.append_text(plain(g["name"], one_line=True))
+        gates.append(
+            " passed" if g["passed"] else " FAILED", style="green" if g["passed"] else "bold red"
+        )
+    lines = [plain(f"scores    {scores}"), gates]
     for g in last.gates:
         if not g["passed"]:
-            lines.append(Text(f"          {g['name']}: {g['detail']}", style="red"))
+            lines.append(plain(f"          {g['name']} FAILED: {g['detail']}", "red"))
     if last.decision is not None:
         d = last.decision
         why = f" ({d.reason})" if d.reason else ""
-        lines.append(Text(f"decision  round {last.round}: {d.decision} by {d.actor}{why}"))
+        lines.append(plain(f"decision  round {last.round}: {d.decision} by {d.actor}{why}"))
     if capsules:
         c = max(capsules, key=lambda c: c.version)
-        lines.append(Text(f"capsule   {c.id} v{c.version}  {c.uri}"))
+        lines.append(plain(f"capsule   {c.id} v{c.version}  {c.uri}"))
     return Group(*lines)
 
 

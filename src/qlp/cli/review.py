@@ -9,18 +9,26 @@ import os
 import stat
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
-from qlp.cli import render
-from qlp.cli.common import audit_cli_action, console, handle_errors, print_json, settings
-from qlp.cli.views import exit_code, intent_document, print_intent
+from qlp.cli.common import (
+    audit_cli_action,
+    console,
+    handle_errors,
+    print_json,
+    settings,
+    shorten,
+)
+from qlp.cli.safetext import plain
 from qlp.domain.states import IntentStatus
-from qlp.engine.wiring import Runtime, apply_llm_spec, continuing_llm, open_runtime
 from qlp.errors import NotRegularFileError
 from qlp.safefiles import kind_of, read_in_tree
-from qlp.store.reviews import ReviewStore
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: the CLI starts fast
+    from qlp.engine.wiring import Runtime
 
 app = typer.Typer(
     help="Intents waiting for a person: inspect them and decide.", no_args_is_help=True
@@ -34,6 +42,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def _run(fn: Any, llm: str | None = None) -> int:
+    from qlp.engine.wiring import apply_llm_spec, open_runtime
+
     cfg = apply_llm_spec(settings(), llm)
 
     async def main() -> int:
@@ -47,6 +57,8 @@ def _run(fn: Any, llm: str | None = None) -> int:
 @app.command("list", help="Intents waiting for review.")
 @handle_errors
 def review_list(as_json: JsonOption = False) -> None:
+    from qlp.store.reviews import ReviewStore
+
     async def go(rt: Runtime) -> int:
         rows = await rt.store.list_intents(limit=1000, status=IntentStatus.REVIEWING)
         reviews = ReviewStore(rt.store)
@@ -69,10 +81,14 @@ def review_list(as_json: JsonOption = False) -> None:
             console.print("no intent is waiting for review")
         for i in items if not as_json else []:
             failing = ", ".join(map(str, i["failed_gates"])) or "none"
+            overall = "n/a" if i["overall"] is None else i["overall"]
+            first_line = (str(i["text"]).splitlines() or [""])[0]
             console.print(
-                f"{i['intent_id']}  round {i['round']}  overall {i['overall']}  "
-                f"failing gates: {failing}  {str(i['text']).splitlines()[0][:60]}",
-                highlight=False,
+                plain(
+                    f"{i['intent_id']}  round {i['round']}  overall {overall}  "
+                    f"failing gates: {failing}  {shorten(first_line, 60)}",
+                    one_line=True,
+                )
             )
         return 0
 
@@ -163,6 +179,9 @@ def _diff_with_capsule(uri: str, workspace: Path) -> list[str]:
 )
 @handle_errors
 def review_show(intent_id: IntentArg, as_json: JsonOption = False) -> None:
+    from qlp.cli import render
+    from qlp.store.reviews import ReviewStore
+
     async def go(rt: Runtime) -> int:
         intent = await rt.store.find_intent(intent_id)
         reviews = ReviewStore(rt.store)
@@ -196,22 +215,31 @@ def review_show(intent_id: IntentArg, as_json: JsonOption = False) -> None:
             f"{tests.get('errors', 0)} errors",
             highlight=False,
         )
+        # Test names, messages, paths and findings come from the generated project and its
+        # tools: plain text (qlp.cli.safetext), whole, one line each.
         for failure in tests.get("failures", [])[:20]:
+            message = (str(failure.get("message") or "").splitlines() or [""])[0]
             console.print(
-                f"  [red]FAIL[/] {failure.get('test_id')}: {failure.get('message', '')[:160]}",
-                highlight=False,
+                Text.assemble(
+                    "  ",
+                    ("FAIL", "red"),
+                    " ",
+                    plain(f"{failure.get('test_id')}: {message}", one_line=True),
+                )
             )
         if findings:
             console.print(f"\n[bold]findings[/] ({len(findings)})")
         for f in findings:
             console.print(
-                f"  {f['severity']:<8} {f['path']}:{f.get('line') or '-'}  "
-                f"{f['tool']} {f['rule_id']}  {f['message'][:140]}",
-                highlight=False,
+                plain(
+                    f"  {f['severity']:<8} {f['path']}:{f.get('line') or '-'}  "
+                    f"{f['tool']} {f['rule_id']}  {f['message']}",
+                    one_line=True,
+                )
             )
         if diff:
             console.print("\n[bold]changed since the last round[/]")
-            console.print("".join(diff), highlight=False, markup=False)
+            console.print(plain("".join(diff)))
         return 0
 
     raise typer.Exit(_run(go))
@@ -227,6 +255,9 @@ def _decide(
     llm: str | None,
     as_json: bool,
 ) -> int:
+    from qlp.cli.views import exit_code, intent_document, print_intent
+    from qlp.engine.wiring import continuing_llm
+
     async def go(rt: Runtime) -> int:
         intent = await rt.store.find_intent(intent_id)
         rerun = decision == "request_changes"

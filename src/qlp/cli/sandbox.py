@@ -14,8 +14,7 @@ import typer
 from rich.table import Table
 
 from qlp.cli.common import console, err_console, handle_errors, print_json, settings
-from qlp.config import SandboxBackend
-from qlp.engine.wiring import make_sandbox
+from qlp.cli.safetext import escape, plain
 from qlp.errors import QLPError, SandboxError, UserInputError
 from qlp.sandbox.base import ExecResult, Sandbox
 from qlp.sandbox.selftest import SelfTest, ptrace_policy, self_test
@@ -25,7 +24,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-BACKENDS: tuple[str, ...] = get_args(SandboxBackend)
+
+def backends() -> tuple[str, ...]:
+    from qlp.config import SandboxBackend  # here, not at the top: the CLI starts fast
+
+    return get_args(SandboxBackend)
+
+
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgKMG]?)i?[bB]?\s*$")
 
 
@@ -40,6 +45,8 @@ def parse_size(text: str) -> int:
 
 
 def _check_one(name: str) -> tuple[SelfTest, bool]:
+    from qlp.engine.wiring import make_sandbox  # here, not at the top: the CLI starts fast
+
     sb: Any = make_sandbox(settings(), name)  # type: ignore[arg-type]
     try:
         sb.check()
@@ -55,7 +62,7 @@ def check(
 ) -> None:
     """List the backends available here and self-test each (exit 1 if the configured one fails)."""
     configured = settings().sandbox
-    reports: list[tuple[SelfTest, bool]] = [_check_one(name) for name in BACKENDS]
+    reports: list[tuple[SelfTest, bool]] = [_check_one(name) for name in backends()]
     policy = ptrace_policy()
     if as_json:
         print_json(
@@ -72,19 +79,21 @@ def check(
         for report, avail in reports:
             mark = " *" if report.backend == configured else ""
             if not avail:
-                table.add_row(report.backend + mark, "no", "-", report.error or "")
+                table.add_row(report.backend + mark, "no", "-", plain(report.error or ""))
                 continue
             failed = [c for c in report.checks if not c.ok]
             detail = report.error or "; ".join(f"{c.name}: {c.detail}" for c in failed)
             verdict = "[green]passed[/]" if report.ok else "[red]FAILED[/]"
-            table.add_row(report.backend + mark, "yes", verdict, detail or f"{report.seconds:.2f}s")
+            table.add_row(
+                report.backend + mark, "yes", verdict, plain(detail or f"{report.seconds:.2f}s")
+            )
         console.print(table)
         console.print(f"host ptrace policy: {policy}", highlight=False)
     mine = next(r for r, _ in reports if r.backend == configured)
     if not mine.ok:
         err_console.print(
             f"[bold red]error:[/] the configured sandbox ({configured}) is not usable: "
-            f"{mine.error or 'self-test failed'}",
+            f"{escape(mine.error or 'self-test failed')}",
             highlight=False,
         )
         raise typer.Exit(1)
@@ -135,10 +144,12 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ExecResult as JSON.")] = False,
 ) -> None:
     """Run one command in the sandbox and print how it ended (exit 1 unless it succeeded)."""
-    if backend is not None and backend not in BACKENDS:
-        raise UserInputError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend is not None and backend not in backends():
+        raise UserInputError(f"--backend {backend!r}: use one of {', '.join(backends())}")
     if timeout is not None and timeout <= 0:
         raise UserInputError("--timeout must be positive")
+    from qlp.engine.wiring import make_sandbox
+
     sb = make_sandbox(settings(), backend)  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     if timeout is not None:
@@ -174,6 +185,7 @@ def build_image(
     ] = False,
 ) -> None:
     """Build the Docker sandbox image from this host's runtime environment (no registry)."""
+    from qlp.engine.wiring import make_sandbox
     from qlp.sandbox.docker_backend import DockerSandbox
     from qlp.sandbox.docker_image import build_image as build
     from qlp.sandbox.runtime import resolve_runtime

@@ -10,14 +10,12 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from qlp.auth.base import Role
-from qlp.auth.service import AuthService
 from qlp.cli.common import (
     audit_cli_action,
     console,
@@ -26,9 +24,13 @@ from qlp.cli.common import (
     print_json,
     settings,
 )
-from qlp.engine.wiring import Runtime, make_auth, open_runtime
+from qlp.cli.safetext import escape
 from qlp.errors import UserInputError
-from qlp.store.base import ApiKeyRecord, UserRecord
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: the CLI starts fast
+    from qlp.auth.service import AuthService
+    from qlp.engine.wiring import Runtime
+    from qlp.store.base import ApiKeyRecord, UserRecord
 
 app = typer.Typer(help="Users of `qlp serve` and their API keys.", no_args_is_help=True)
 apikey_app = typer.Typer(help="A user's API keys (for scripts and CI).", no_args_is_help=True)
@@ -41,6 +43,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def _run(fn: Callable[[Runtime, AuthService], Awaitable[int]]) -> int:
+    from qlp.engine.wiring import make_auth, open_runtime
+
     cfg = settings()
 
     async def main() -> int:
@@ -205,7 +209,8 @@ def apikey_list(username: UserArg, as_json: JsonOption = False) -> None:
             return 0
         table = Table(box=None, pad_edge=False)
         for col in ("id", "prefix", "name", "created", "last used", "status"):
-            table.add_column(col)
+            # The id is what `revoke` needs: never wrapped or cut.
+            table.add_column(col, no_wrap=col != "name")
         for k in keys:
             table.add_row(
                 k.id,

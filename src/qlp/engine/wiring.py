@@ -138,8 +138,9 @@ def apply_llm_spec(settings: Settings, spec: str | None) -> Settings:
     return settings.model_copy(update=update)
 
 
-# Where an intent keeps the model it was started with: provider, model, base URL, script
-# path. Never a key: secrets come from the environment (or Key Vault) at each run.
+# Where an intent started with --llm keeps that choice: provider and model or script path.
+# Never a key, nor the endpoint: those come from the environment at each run (an intent
+# started from the environment's settings continues with the environment's settings).
 LLM_OPTION = "qlp.llm"
 LLM_PROVIDERS = ("openai", "azure", "anthropic", "scripted")
 
@@ -151,8 +152,6 @@ def llm_identity(settings: Settings) -> dict[str, str]:
     out = {"provider": str(settings.llm_provider)}
     if settings.llm_model:
         out["model"] = settings.llm_model
-    if settings.llm_base_url:
-        out["base_url"] = settings.llm_base_url
     if settings.llm_script is not None:
         out["script"] = str(settings.llm_script)
     return out
@@ -169,7 +168,6 @@ def with_remembered_llm(settings: Settings, options: dict[str, Any]) -> Settings
         update={
             "llm_provider": ident["provider"],
             "llm_model": ident.get("model"),
-            "llm_base_url": ident.get("base_url"),
             "llm_script": Path(script) if isinstance(script, str) and script else None,
         }
     )

@@ -181,3 +181,38 @@ def test_diff(tmp_path: Path, project: Path, signing_key: Ed25519PrivateKey) -> 
     assert "+print('v2')" in result.stdout
     data = json.loads(runner.invoke(app, ["diff", str(a.path), str(b.path), "--json"]).stdout)
     assert [c["path"] for c in data["changes"]] == ["project/app/main.py"]
+
+
+def test_diff_shows_changed_fields_as_text_not_reprs(
+    tmp_path: Path, project: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    """`capsule diff` printed `{'overall': 87, ...}` (a Python repr) for changed scores."""
+    a = build_capsule(make_inputs(project), tmp_path / "a.qlcapsule", signing_key)
+    b = build_capsule(
+        make_inputs(project, version=2, scores={"overall": 91, "security": 100, "coverage": None}),
+        tmp_path / "b.qlcapsule",
+        signing_key,
+    )
+    result = runner.invoke(app, ["diff", str(a.path), str(b.path)])
+    assert result.exit_code == 0, result.output
+    assert "{'" not in result.stdout and "None" not in result.stdout, result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("scores:"))
+    assert "overall 87" in line and "overall 91" in line and "coverage n/a" in line, line
+
+
+def test_hostile_capsule_text_is_shown_as_data(project: Path, tmp_path: Path) -> None:
+    """The intent text, a file's content in --patch: markup literal, control characters
+    escaped, never written raw to the terminal."""
+    key = Ed25519PrivateKey.generate()
+    hostile = "[/x] \x1b]0;pwned\x07 \u202eevil"
+    a = build_capsule(make_inputs(project, intent_text=hostile), tmp_path / "a.qlcapsule", key)
+    (project / "app" / "main.py").write_text("print('\x1b[2J')\n")
+    b = build_capsule(make_inputs(project, version=2), tmp_path / "b.qlcapsule", key)
+    shown = runner.invoke(app, ["show", str(a.path)])
+    assert shown.exit_code == 0, shown.output
+    assert "[/x] \\x1b]0;pwned\\x07 \\u202eevil" in shown.stdout
+    patched = runner.invoke(app, ["diff", str(a.path), str(b.path), "--patch"])
+    assert patched.exit_code == 0, patched.output
+    assert "+print('\\x1b[2J')" in patched.stdout
+    for out in (shown.stdout, patched.stdout):
+        assert "\x1b" not in out and "\u202e" not in out
