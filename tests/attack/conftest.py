@@ -203,8 +203,10 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
         # Only this test process's containers: the engine may serve other QLP processes.
         mine = {"label": [LABEL, f"{OWNER_LABEL}={owner_label()}"]}
         with contextlib.suppress(Exception):
-            for c in sb.client().containers.list(all=True, filters=mine):
-                c.remove(force=True)
+            api = sb.client().api
+            for c in api.containers(all=True, filters=mine):
+                with contextlib.suppress(Exception):
+                    api.remove_container(c["Id"], force=True)
             sb.client().close()
 
 

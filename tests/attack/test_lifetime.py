@@ -203,12 +203,10 @@ def _owned_containers(request: pytest.FixtureRequest, pid: int) -> list[str]:
     url = request.getfixturevalue("docker_url")
     client = docker.DockerClient(base_url=url) if url else docker.from_env()
     try:
-        wanted = owner_label(pid)
-        return [
-            c.id
-            for c in client.containers.list(all=True, filters={"label": LABEL})
-            if c.labels.get(OWNER_LABEL) == wanted
-        ]
+        # The low-level list: the high-level one inspects each container, and one being
+        # removed meanwhile answers 404.
+        mine = {"label": [LABEL, f"{OWNER_LABEL}={owner_label(pid)}"]}
+        return [c["Id"] for c in client.api.containers(all=True, filters=mine)]
     finally:
         client.close()
 
@@ -328,7 +326,7 @@ def test_containers_a_dead_owner_left_are_swept_at_the_next_start(
             made.append(c.id)
         sandbox = DockerSandbox(DockerConfig(base_url=url, images={"python": image}))
         sandbox.check()
-        left = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
+        left = {c["Id"] for c in client.api.containers(all=True, filters={"label": LABEL})}
         assert made[0] not in left, "the dead owner's container is still there"
         assert made[1] in left, "a live owner's container was removed"
     finally:

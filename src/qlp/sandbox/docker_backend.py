@@ -149,13 +149,15 @@ class DockerSandbox:
     def sweep(self) -> list[str]:
         """Remove the containers that QLP processes on this host left when they died."""
         removed: list[str] = []
-        client = self.client()
-        for container in client.containers.list(all=True, filters={"label": LABEL}):
-            if not label_owner_dead(container.labels.get(OWNER_LABEL, "")):
+        api = self.client().api
+        # The low-level list: the high-level one inspects each container, and one that its
+        # owner removes meanwhile would answer 404.
+        for container in api.containers(all=True, filters={"label": LABEL}):
+            if not label_owner_dead((container.get("Labels") or {}).get(OWNER_LABEL, "")):
                 continue
             with contextlib.suppress(Exception):
-                container.remove(force=True)
-                removed.append(container.id)
+                api.remove_container(container["Id"], force=True)
+                removed.append(container["Id"])
         return removed
 
     @asynccontextmanager
