@@ -65,6 +65,20 @@ class GvisorConfig:
     platform: str | None = None
 
 
+def delete_container(runsc_args: list[str], container_id: str) -> None:
+    """`runsc delete --force`: runsc's record of a container (and what is left of it) goes.
+    Used by the backend after each command and by the reaper after a crash."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(  # noqa: S603 - runsc's argv as QLP built it
+            [*runsc_args, "delete", "--force", container_id],
+            env=LAUNCHER_ENV,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+
 def _remove_dirs(*paths: Path) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
@@ -206,14 +220,7 @@ class GvisorSandbox:
         }
 
     def _forget(self, container_id: str) -> None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(  # noqa: S603 - fixed argv
-                [*self._runsc_args(network=False), "delete", "--force", container_id],
-                env=LAUNCHER_ENV,
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
+        delete_container(self._runsc_args(network=False), container_id)
 
     @asynccontextmanager
     async def session(

@@ -167,18 +167,6 @@ def _remove_container(url: str | None, container_id: str) -> None:
             client.close()
 
 
-def _delete_runsc(argv: list[str], container_id: str) -> None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(  # noqa: S603 - runsc's argv as QLP built it
-            [*argv, "delete", "--force", container_id],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-            check=False,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-
-
 @dataclass
 class _Entry:
     deadline: float | None
@@ -201,7 +189,9 @@ class _Entry:
         if self.container is not None:
             _remove_container(self.container.get("url"), self.container["id"])
         if self.runsc is not None and final:
-            _delete_runsc(self.runsc["argv"], self.runsc["id"])
+            from qlp.sandbox.gvisor import delete_container  # gvisor imports this module
+
+            delete_container(self.runsc["argv"], self.runsc["id"])
 
     def close(self) -> None:
         if self.pidfd is not None:
