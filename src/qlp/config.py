@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     # server answers 431 and closes the connection, before the request reaches the app.
     server_max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     server_max_headers: int = Field(default=100, ge=10, le=10_000)
-    # Requests per minute per identity (client IP and username for login; user for submit).
+    # Per minute: failed logins per client and per username (api/limits.py); submissions per user.
     login_rate_per_minute: int = Field(default=10, ge=1)
     submit_rate_per_minute: int = Field(default=30, ge=1)
     # Seconds between heartbeats on an idle event stream (WebSocket).

@@ -8,18 +8,26 @@ first) removes every `held-*` folder it can lock: those of dead owners, never a 
 The folder is made under a `.new-*` name and renamed once locked, so a sweep never sees it
 unlocked; a `.new-*` folder older than an hour is a crash between those two steps.
 
+Every process that writes under QLP_HOME/tmp does it inside such a folder: the service's
+own (`Scratch`, opened and closed with the app) and, for everything else (a capsule being
+packaged, one fetched by id for `qlp capsule verify`), `process_folder()`, opened on first use
+and removed at exit. So a `qlp run` killed while packaging leaves a folder the next QLP
+process removes.
+
 Files from before this scheme (`download-*` / `verify-*` capsules and the store's
 `.download-*.tmp` copies, left loose in QLP_HOME/tmp) are removed by the sweep too. Other
-things in QLP_HOME/tmp (a capsule being packaged by `qlp run`, ...) are not touched.
+things in QLP_HOME/tmp are not touched.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +87,7 @@ class Scratch:
         self.root = Path(root)
         self._fd: int | None = None
         self.path: Path | None = None
+        self.owner = os.getpid()  # a forked child opens its own
 
     def open(self) -> list[str]:
         """Sweep `root`, then make and lock this process's folder. Returns what was swept."""
@@ -101,9 +110,30 @@ class Scratch:
         return Path(name)
 
     def close(self) -> None:
+        if self.owner != os.getpid():
+            return  # a forked child's exit must not remove its parent's folder
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_opened: dict[Path, Scratch] = {}
+_opening = threading.Lock()
+
+
+def process_folder(root: Path) -> Path:
+    """This process's scratch folder under `root`: opened (after a sweep) on first use,
+    removed when the process exits."""
+    root = Path(root)
+    with _opening:
+        found = _opened.get(root)
+        if found is None or found.path is None or found.owner != os.getpid():
+            found = Scratch(root)
+            found.open()
+            _opened[root] = found
+            atexit.register(found.close)
+        assert found.path is not None
+        return found.path

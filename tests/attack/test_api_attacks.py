@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import jwt
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
 from qlp.auth.secrets import jwt_key_file
@@ -236,6 +238,8 @@ def strict_server(tmp_path: Path, db_url: str) -> Iterator[ApiServer]:
         )
         server = ApiServer(env, cwd=tmp_path)
         server.create_user("carol", PASSWORD, "member")
+        # Rate counts live in the database this module's servers share: start from none.
+        _sql(db_url, "DELETE FROM rate_counters")
         with running(server):
             yield server
 
@@ -253,6 +257,93 @@ def test_password_guessing_is_rate_limited(strict_server: ApiServer) -> None:
         r = c.post("/auth/login", json={"username": "carol", "password": PASSWORD})
     assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
     assert r.status_code == 429
+
+
+def _sql(db_url: str, statement: str) -> None:
+    dsn = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statement)  # type: ignore[arg-type]
+
+
+def _login_from(server: ApiServer, address: str, username: str, password: str) -> int:
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(base_url=f"{server.base}/api/v1", transport=transport, timeout=30) as c:
+        r = c.post("/auth/login", json={"username": username, "password": password})
+        return r.status_code
+
+
+def test_a_login_flood_does_not_lock_the_real_user_out(strict_server: ApiServer) -> None:
+    # Limit 5 a minute. Before the flood, carol logged in once from her usual address.
+    assert _login_from(strict_server, "127.0.0.9", "carol", PASSWORD) == 200
+    # An anonymous flood from one address: five guesses are checked, the rest refused ...
+    flood = [_login_from(strict_server, "127.0.0.2", "carol", f"guess-{i}") for i in range(30)]
+    assert flood[:5] == [401] * 5 and set(flood[5:]) == {429}
+    # ... and from many addresses: carol's name is now over its limit, and each address
+    # gets one checked guess before it is refused.
+    for n in range(10, 14):
+        assert [_login_from(strict_server, f"127.0.0.{n}", "carol", "nope") for _ in range(2)] == [
+            401,
+            429,
+        ]
+    # Even the right password is refused from an address that failed on this name ...
+    assert _login_from(strict_server, "127.0.0.10", "carol", PASSWORD) == 429
+    # ... but carol gets in from an address that has not failed (a new laptop) ...
+    assert _login_from(strict_server, "127.0.0.20", "carol", PASSWORD) == 200
+    # ... and from her usual address even after mistyping (she is held to her own address's
+    # limit only, not to what the flood did).
+    assert _login_from(strict_server, "127.0.0.9", "carol", "typo") == 401
+    assert _login_from(strict_server, "127.0.0.9", "carol", "typo again") == 401
+    assert _login_from(strict_server, "127.0.0.9", "carol", PASSWORD) == 200
+
+
+def test_a_forged_forwarded_for_neither_dodges_limits_nor_lands_in_the_audit_log(
+    strict_server: ApiServer, db_url: str
+) -> None:
+    transport = httpx.HTTPTransport(local_address="127.0.0.40")
+    with httpx.Client(base_url=f"{strict_server.base}/api/v1", transport=transport) as c:
+        codes = [
+            c.post(
+                "/auth/login",
+                json={"username": "forger", "password": "x"},
+                headers={"x-forwarded-for": f"198.51.100.{i}", "forwarded": f"for=203.0.113.{i}"},
+            ).status_code
+            for i in range(6)
+        ]
+    assert codes == [401] * 5 + [429]  # one client, whatever it claims to be
+    dsn = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        addresses = conn.execute(
+            "SELECT DISTINCT client_ip FROM audit_log WHERE actor = 'forger'"
+        ).fetchall()
+    assert addresses == [("127.0.0.40",)]
+
+
+def test_a_flood_adds_a_few_audit_rows_not_one_per_refused_attempt(
+    strict_server: ApiServer, db_url: str
+) -> None:
+    name = "flood-target"
+    codes = [_login_from(strict_server, "127.0.0.30", name, f"guess-{i}") for i in range(60)]
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    transport = httpx.HTTPTransport(local_address="127.0.0.31")
+    with httpx.Client(base_url=f"{strict_server.base}/api/v1", transport=transport) as c:
+        anonymous = [c.post("/intents", json={"text": "x"}).status_code for _ in range(20)]
+    assert set(anonymous) == {401}
+    assert strict_server.stop() == 0  # counts of the minute in progress are written at stop
+    dsn = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT status_code, details FROM audit_log WHERE actor = %s ORDER BY seq", (name,)
+        ).fetchall()
+        since = conn.execute(
+            "SELECT count(*), sum((details->>'count')::int) FROM audit_log "
+            "WHERE action = 'intent.create' AND status_code = 401 AND client_ip = '127.0.0.31'"
+        ).fetchone()
+    checked = [r for r in rows if r[0] == 401]
+    refused = [r for r in rows if r[0] == 429]
+    assert len(checked) == 5  # each checked password has its row
+    assert 1 <= len(refused) <= 2  # one per minute the flood spanned
+    assert sum(int(d["count"]) for _, d in refused) == 55
+    assert since is not None and 1 <= since[0] <= 2 and since[1] == 20
 
 
 def test_submission_flood_is_rate_limited(strict_server: ApiServer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
@@ -18,6 +18,7 @@ from qlp.api.inputs import RefuseUnstorableUrls
 from qlp.api.limits import BodySizeLimit, RateLimits
 from qlp.api.metrics import Metrics
 from qlp.api.middleware import RequestContext
+from qlp.api.refusals import RefusalTally
 from qlp.api.routes import auth, capsules, intents, stream, system
 from qlp.api.tracing import instrument
 from qlp.capsule.keys import public_key_pem, public_key_text
@@ -27,6 +28,7 @@ from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signi
 from qlp.errors import QLPError
 from qlp.scratch import Scratch
 from qlp.store.audit import AuditStore
+from qlp.store.counters import RateCounters
 from qlp.store.intent_queries import IntentQueries
 from qlp.store.reviews import ReviewStore
 
@@ -38,6 +40,25 @@ DESCRIPTION = """Turn an intent into a tested, scanned and signed QuantumCapsule
 Authenticate with `POST /api/v1/auth/login` and send `Authorization: Bearer <access_token>`
 (or an API key) on every other request. Errors are `application/problem+json` (RFC 9457)
 with a stable `code`. See docs/API.md."""
+
+
+# How often old rate-limit windows are deleted (any API process may do it).
+COUNTER_PRUNE_S = 60.0
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception:  # the next round tries again; the failure is in the log
+            log.exception("api.periodic_failed", work=getattr(work, "__qualname__", str(work)))
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def create_app(
@@ -63,19 +84,28 @@ def create_app(
         stack.callback(scratch.close)
         if swept:
             log.info("api.scratch_swept", removed=len(swept))
+        audit = AuditStore(rt.store)
+        counters = RateCounters(rt.store)
+        pruner = asyncio.create_task(_every(COUNTER_PRUNE_S, counters.prune))
+        stack.push_async_callback(_cancelled, pruner)
+        refusals = RefusalTally(audit)
+        refusals.start()
+        stack.push_async_callback(refusals.stop)
         app.state.service = Service(
             settings=settings,
             runtime=rt,
             runner=runner,
             auth=make_auth(settings, rt.store),
-            audit=AuditStore(rt.store),
+            audit=audit,
             queries=IntentQueries(rt.store),
             reviews=ReviewStore(rt.store),
             capsules=make_capsule_store(settings),
             limits=RateLimits(
+                counters,
                 login_per_minute=settings.login_rate_per_minute,
                 submit_per_minute=settings.submit_rate_per_minute,
             ),
+            refusals=refusals,
             metrics=metrics,
             public_key=public_key_text(key),
             public_key_pem=public_key_pem(key),
@@ -87,9 +117,7 @@ def create_app(
         async def close() -> None:
             await runner.stop()
             rt.bus.unsubscribe(events)
-            follower.cancel()
-            with contextlib.suppress(BaseException):
-                await follower
+            await _cancelled(follower)
 
         stack.push_async_callback(close)
         await runner.start()

@@ -8,6 +8,7 @@ from fastapi import Request, WebSocket
 
 from qlp.api.limits import RateLimits
 from qlp.api.metrics import Metrics
+from qlp.api.refusals import RefusalTally
 from qlp.auth.service import AuthService
 from qlp.capsule.base import CapsuleStore
 from qlp.config import Settings
@@ -30,6 +31,7 @@ class Service:
     reviews: ReviewStore
     capsules: CapsuleStore
     limits: RateLimits
+    refusals: RefusalTally  # refused requests, counted into audit rows
     metrics: Metrics
     public_key: str  # ed25519:<base64>, the key capsules are signed with
     public_key_pem: str

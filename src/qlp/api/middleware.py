@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ulid import ULID
 
 from qlp.api.metrics import Metrics
+from qlp.api.refusals import RefusalTally, aggregated
 from qlp.auth.base import Principal
 from qlp.store.audit import AuditEntry, AuditStore
 
@@ -34,9 +35,9 @@ class RequestContext:
         self.metrics = metrics
 
     @staticmethod
-    def _audit_store(scope: Scope) -> AuditStore | None:
+    def _audit_sinks(scope: Scope) -> tuple[AuditStore, RefusalTally] | None:
         service = getattr(scope["app"].state, "service", None)
-        return None if service is None else service.audit
+        return None if service is None else (service.audit, service.refusals)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -102,22 +103,25 @@ class RequestContext:
         actor = principal.user_id if isinstance(principal, Principal) else None
         client = scope.get("client")
         name = getattr(route, "name", None) or "unmatched"
-        store = self._audit_store(scope)
-        if store is None:
+        sinks = self._audit_sinks(scope)
+        if sinks is None:
+            return
+        store, refusals = sinks
+        entry = AuditEntry(
+            actor=str(actor or state.get("actor") or "anonymous"),
+            action=name,
+            outcome=_outcome(status),
+            resource=scope["path"][:500],
+            status_code=status,
+            client_ip=client[0] if client else None,
+            user_agent=headers.get("user-agent", "")[:500] or None,
+            request_id=state.get("request_id"),
+            details=dict(state.get("audit") or {}),
+        )
+        if aggregated(status, actor is not None, bool(state.get("actor"))):
+            refusals.note(entry)
             return
         try:
-            await store.append(
-                AuditEntry(
-                    actor=str(actor or state.get("actor") or "anonymous"),
-                    action=name,
-                    outcome=_outcome(status),
-                    resource=scope["path"][:500],
-                    status_code=status,
-                    client_ip=client[0] if client else None,
-                    user_agent=headers.get("user-agent", "")[:500] or None,
-                    request_id=state.get("request_id"),
-                    details=dict(state.get("audit") or {}),
-                )
-            )
+            await store.append(entry)
         except Exception:
             log.exception("audit.append_failed", action=name, path=scope["path"])

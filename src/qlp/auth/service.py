@@ -131,6 +131,15 @@ class AuthService:
         access, expires_in = self.tokens.issue_access(user.id, user.role, session.id)
         return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
 
+    async def recent_addresses(self, username: str, days: int) -> list[str]:
+        """Addresses `username` logged in or refreshed from in the last `days` days (none
+        for a name that is not an account)."""
+        name = username.strip().lower()
+        user = await self.users.find_by_username(name) if USERNAME_RE.match(name) else None
+        if user is None or user.disabled:
+            return []
+        return await self.users.session_addresses(user.id, _now() - timedelta(days=days))
+
     async def refresh(
         self, refresh_token: str, *, client_ip: str | None, user_agent: str | None
     ) -> TokenPair:

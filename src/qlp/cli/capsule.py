@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -48,10 +46,11 @@ def local_capsule(ref: str) -> Path:
     from qlp.capsule.format import CAPSULE_ID_RE
 
     if CAPSULE_ID_RE.match(ref):
-        tmp = settings().home / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
-        scratch = Path(tempfile.mkdtemp(prefix="qlp-capsule-", dir=tmp))
-        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        from qlp.scratch import process_folder
+
+        scratch = Path(
+            tempfile.mkdtemp(prefix="capsule-", dir=process_folder(settings().home / "tmp"))
+        )
         return asyncio.run(_fetch(ref, scratch))
     if ref.startswith("file://"):
         parsed = urlparse(ref)

@@ -53,7 +53,6 @@ class IntentRunner:
         self._waiting: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        self._user_locks: dict[str, asyncio.Lock] = {}
         self._stopping = False
 
     # -- observed by /metrics and /readyz -------------------------------------------------
@@ -101,8 +100,7 @@ class IntentRunner:
     async def submit(self, text: str, *, options: dict[str, Any], user_id: str) -> IntentRecord:
         if not self.accepting:
             raise ConflictError("the server is shutting down; submit again in a moment")
-        lock = self._user_locks.setdefault(user_id, asyncio.Lock())
-        async with lock:  # two submissions of one user cannot both pass the cap
+        async with self.store.user_lock(user_id):  # held across processes (PostgreSQL)
             active = await self.queries.count_active(user_id, RUNNABLE)
             if active >= self.max_active_per_user:
                 raise LimitExceededError(

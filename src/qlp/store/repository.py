@@ -56,6 +56,10 @@ async def _no_sink(_: list[Event]) -> None:
     return None
 
 
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, sink: EventSink | None = None) -> None:
         self.engine = engine
@@ -69,9 +73,22 @@ class Store:
         self._sink = sink
 
     @asynccontextmanager
+    async def user_lock(self, user_id: str) -> AsyncIterator[None]:
+        """Wait for, then hold, a session lock on a user's submissions: every process that
+        checks a per-user cap and then submits does both under it, so two submissions (on
+        any API process) cannot both pass the cap."""
+        key = _lock_key(f"submit:{user_id}")
+        async with self.autocommit.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    @asynccontextmanager
     async def intent_lock(self, intent_id: str) -> AsyncIterator[None]:
         """Hold a session lock on the intent so no second process runs it at the same time."""
-        key = int.from_bytes(hashlib.sha256(intent_id.encode()).digest()[:8], "big", signed=True)
+        key = _lock_key(intent_id)
         async with self.autocommit.connect() as conn:
             got = (
                 await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})

@@ -280,3 +280,13 @@ audit_head = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("id = 1", name="ck_audit_head_one_row"),
 )
+
+# Rate-limit counters (store/counters.py): hits per name and window, for every API process.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("window_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("hits", Integer, nullable=False),
+    prefixes=["UNLOGGED"],
+)

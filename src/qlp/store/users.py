@@ -167,6 +167,22 @@ class UserStore:
             ).one()
         return _session(row)
 
+    async def session_addresses(
+        self, user_id: str, since: datetime, limit: int = 1000
+    ) -> list[str]:
+        """The client addresses this user's sessions were created from since `since` (a
+        login or a refresh), newest first."""
+        c = t.user_sessions.c
+        query = (
+            select(c.client_ip, func.max(c.created_at).label("last"))
+            .where(c.user_id == user_id, c.created_at >= since, c.client_ip.is_not(None))
+            .group_by(c.client_ip)
+            .order_by(func.max(c.created_at).desc())
+            .limit(limit)
+        )
+        async with self.store.engine.connect() as conn:
+            return [str(row.client_ip) for row in await conn.execute(query)]
+
     async def get_session_by_token(self, token_hash: str) -> SessionRecord | None:
         query = select(t.user_sessions).where(t.user_sessions.c.token_hash == token_hash)
         return await self._first(SessionRecord, query)

@@ -4,6 +4,7 @@ item 9): a QLP_HOME that is a file, or under one; an intent that is not UTF-8.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,35 @@ def test_the_flag_cap_is_the_settings_cap() -> None:
     caps = [m.le for m in Settings.model_fields["max_parallel_tasks"].metadata if hasattr(m, "le")]
     option = run.__annotations__["max_parallel"]
     assert caps == [256] and "max=256" in option
+
+
+QLP = (sys.executable, "-m", "qlp")
+
+
+def test_a_read_only_qlp_home_is_bad_configuration(tmp_path: Path) -> None:
+    # A read-only mount (root may write to any folder, whatever its mode, so chmod would
+    # test nothing when the tests run as root): bubblewrap binds the folder read-only.
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap is not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QLP_")}
+    env.update(QLP_HOME=str(home))
+    probe = subprocess.run(
+        [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(home), str(home), "true"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"bubblewrap cannot make a read-only mount here: {probe.stderr.strip()}")
+    result = subprocess.run(
+        [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(home), str(home), *QLP, "intents", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "QLP_HOME" in lines[0] and "not writable" in lines[0], lines
+    assert list(home.iterdir()) == []

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from qlp.api.context import Service, service
 from qlp.api.inputs import Text
+from qlp.api.limits import client_key
 from qlp.api.schemas import (
     ApiKeyCreatedOut,
     ApiKeyIn,
@@ -19,8 +20,13 @@ from qlp.api.schemas import (
 )
 from qlp.api.security import caller
 from qlp.auth.base import Principal, TokenPair
+from qlp.errors import AuthError
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+# A client the account logged in (or refreshed) from within this many days is "known": it is
+# not held to a lockout other clients caused on that username (docs/SECURITY.md).
+KNOWN_CLIENT_DAYS = 30
 
 Caller = Annotated[Principal, Depends(caller)]
 Svc = Annotated[Service, Depends(service)]
@@ -43,25 +49,40 @@ def _tokens(pair: TokenPair) -> TokenOut:
 async def login(body: LoginIn, request: Request, svc: Svc) -> TokenOut:
     # The audit row names who tried, whether or not it worked.
     request.state.actor = body.username.strip().lower()[:64]
-    svc.limits.login(client_ip(request), body.username)
-    principal, pair = await svc.auth.login(
-        body.username,
-        body.password,
-        client_ip=client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-    )
+    address = client_ip(request)
+
+    async def known() -> bool:
+        recent = await svc.auth.recent_addresses(body.username, KNOWN_CLIENT_DAYS)
+        return client_key(address) in {client_key(a) for a in recent}
+
+    await svc.limits.login_allowed(address, body.username, known)
+    try:
+        principal, pair = await svc.auth.login(
+            body.username,
+            body.password,
+            client_ip=address,
+            user_agent=request.headers.get("user-agent"),
+        )
+    except AuthError:
+        await svc.limits.login_failed(address, body.username)
+        raise
     request.state.principal = principal
     return _tokens(pair)
 
 
 @router.post("/refresh", name="auth.refresh", response_model=TokenOut)
 async def refresh(body: RefreshIn, request: Request, svc: Svc) -> TokenOut:
-    svc.limits.refresh(client_ip(request))
-    pair = await svc.auth.refresh(
-        body.refresh_token,
-        client_ip=client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-    )
+    address = client_ip(request)
+    await svc.limits.refresh_allowed(address)
+    try:
+        pair = await svc.auth.refresh(
+            body.refresh_token,
+            client_ip=address,
+            user_agent=request.headers.get("user-agent"),
+        )
+    except AuthError:
+        await svc.limits.refresh_failed(address)
+        raise
     return _tokens(pair)
 
 

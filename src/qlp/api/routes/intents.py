@@ -99,7 +99,7 @@ async def submit(body: IntentIn, request: Request, principal: Writer, svc: Svc) 
             "no LLM is configured on this server: set QLP_LLM_PROVIDER (openai, azure, "
             "anthropic or scripted) and its key, then restart it"
         )
-    svc.limits.submit(principal.user_id)
+    await svc.limits.submit(principal.user_id)
     intent = await svc.runner.submit(body.text, options=body.options, user_id=principal.user_id)
     _note(request, intent_id=intent.id)
     return JSONResponse(
