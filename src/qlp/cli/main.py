@@ -58,14 +58,19 @@ line); 2 bad input or configuration; 3 it is waiting for review (decide with `ql
 """
 
 
+# Global flags accepted anywhere on the command line before a `--`.
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+
+
 class _RootGroup(TyperGroup):
-    """The root command, where `--debug` is accepted anywhere before a `--`: every error
-    line says "run again with --debug", and the user adds it at the end."""
+    """The root command, where `--debug` and `--quiet` are accepted anywhere before a `--`:
+    every error line says "run again with --debug", and the user adds it at the end."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click Context
         end = args.index("--") if "--" in args else len(args)
-        if "--debug" in args[:end]:
-            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        flags = [a for a in GLOBAL_FLAGS if a in args[:end]]
+        if flags:
+            args = [*flags, *(a for a in args[:end] if a not in GLOBAL_FLAGS), *args[end:]]
         return super().parse_args(ctx, args)
 
 
@@ -106,6 +111,16 @@ def _root(
         bool,
         typer.Option("--debug", help="Show tracebacks on errors (anywhere on the command line)."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the result: no live progress, no event lines, no notices "
+            "(`run` and `resume` print `ID STATUS`, or the JSON with --json); errors still "
+            "go to stderr and exit codes are unchanged. Anywhere on the command line.",
+        ),
+    ] = False,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -117,6 +132,7 @@ def _root(
     ] = False,
 ) -> None:
     STATE["debug"] = debug
+    STATE["quiet"] = quiet
 
 
 def _print_version(value: bool) -> None:
@@ -126,17 +142,29 @@ def _print_version(value: bool) -> None:
 
 
 # -- running intents --------------------------------------------------------------------
-async def _drive(
+# How often the live view is drawn again without an event, so its clocks move.
+TICK_S = 0.2
+
+
+def _progress(as_json: bool) -> str:
+    """How a run shows its progress: "live" (a terminal), "lines" (one per event, when
+    piped) or "none" (--json, --quiet)."""
+    if as_json or STATE.get("quiet"):
+        return "none"
+    return "live" if console.is_terminal else "lines"
+
+
+async def _follow(
     rt: Runtime,
     intent: IntentRecord,
     work: Callable[[], Coroutine[Any, Any, IntentRecord]],
-    as_json: bool,
-) -> int:
-    """Run `work` while rendering its events; Ctrl-C cancels it cleanly."""
+    progress: str,
+) -> tuple[IntentRecord, bool]:
+    """Run `work` while showing its events; Ctrl-C cancels it cleanly. Returns the intent
+    as it ended and whether it was cancelled."""
     from rich.live import Live
 
     from qlp.cli import render
-    from qlp.cli.views import exit_code, intent_document, print_intent
 
     queue = rt.bus.subscribe()
     view = render.LiveView(intent.id)
@@ -145,33 +173,33 @@ async def _drive(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, task.cancel)
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    interactive = console.is_terminal and not as_json
 
-    async def pump(on_event: Callable[[Event], None]) -> None:
+    async def pump(on_event: Callable[[Event], None], tick: Callable[[], None]) -> None:
         while not task.done() or not queue.empty():
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=0.25)
+                event = await asyncio.wait_for(queue.get(), timeout=TICK_S)
             except TimeoutError:
+                tick()
                 continue
             on_event(event)
+            if queue.empty():
+                tick()
 
     def log_line(event: Event) -> None:
         view.apply(event)
-        if not as_json:
+        if progress == "lines":
             console.print(plain(render.describe(event)), soft_wrap=True)
 
     cancelled = False
     try:
-        if interactive:
-            with Live(view.render(), console=console, refresh_per_second=8, transient=True) as live:
-
-                def update(event: Event) -> None:
-                    view.apply(event)
-                    live.update(view.render())
-
-                await pump(update)
+        if progress == "live":
+            # Drawn from this loop only (no refresh thread): the view is read where it is
+            # changed, and it is drawn at once, before the first event arrives.
+            with Live(view.render(), console=console, auto_refresh=False, transient=True) as live:
+                live.refresh()
+                await pump(view.apply, live.refresh)
         else:
-            await pump(log_line)
+            await pump(log_line, lambda: None)
         await task
     except asyncio.CancelledError:
         cancelled = True
@@ -179,33 +207,71 @@ async def _drive(
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
         rt.bus.unsubscribe(queue)
+    return await rt.store.get_intent(intent.id), cancelled
 
-    final = await rt.store.get_intent(intent.id)
+
+async def _drive(
+    rt: Runtime,
+    intent: IntentRecord,
+    work: Callable[[], Coroutine[Any, Any, IntentRecord]],
+    as_json: bool,
+) -> int:
+    """Run `work` with progress, then show how the intent ended; the exit code it means."""
+    from qlp.cli import render
+    from qlp.cli.views import exit_code, intent_document, print_intent
+
+    progress = _progress(as_json)
+    final, cancelled = await _follow(rt, intent, work, progress)
     if as_json:
         print_json(await intent_document(rt, final))
+    elif STATE.get("quiet"):
+        console.print(plain(f"{final.id} {final.status.value}", one_line=True))
+        if final.status == IntentStatus.FAILED and final.error:
+            err_console.print(Text.assemble("error: ", plain(final.error)), soft_wrap=True)
     else:
-        if interactive:
+        if progress == "live":
             console.print(render.tasks_table(await rt.store.get_tasks(intent.id)))
         await print_intent(rt, final)
-        if cancelled or final.status == IntentStatus.CANCELLED:
-            err_console.print(f"cancelled; continue with: qlp resume {final.id}")
-        elif final.status == IntentStatus.FAILED:
-            err_console.print(f"failed; after fixing the cause, retry with: qlp resume {final.id}")
-        elif final.status == IntentStatus.REVIEWING:
-            err_console.print(
-                f"waiting for review; see `qlp review show {final.id}`, then "
-                f"`qlp review approve {final.id}`, `qlp review reject {final.id} --reason ...` "
-                f"or `qlp review changes {final.id} --feedback ...`"
-            )
+    if not as_json:
+        _next_step(final, cancelled)
     return exit_code(final.status, cancelled)
 
 
-def _with_runtime(cfg: Settings, fn: Callable[[Runtime], Awaitable[int]]) -> int:
+def _next_step(final: IntentRecord, cancelled: bool) -> None:
+    """What to do next, on stderr (also with --quiet)."""
+    if cancelled or final.status == IntentStatus.CANCELLED:
+        err_console.print(f"cancelled; continue with: qlp resume {final.id}")
+    elif final.status == IntentStatus.FAILED:
+        err_console.print(f"failed; after fixing the cause, retry with: qlp resume {final.id}")
+    elif final.status == IntentStatus.REVIEWING:
+        err_console.print(
+            f"waiting for review; see `qlp review show {final.id}`, then "
+            f"`qlp review approve {final.id}`, `qlp review reject {final.id} --reason ...` "
+            f"or `qlp review changes {final.id} --feedback ...`"
+        )
+
+
+def _with_runtime(
+    cfg: Settings, fn: Callable[[Runtime], Awaitable[int]], *, starting: bool = False
+) -> int:
+    """`starting`: a run's command, which says at once (on a terminal) that it is starting:
+    the database may take seconds to start and migrate."""
     from qlp.engine.wiring import open_runtime
 
     async def main() -> int:
-        async with open_runtime(cfg) as rt:
-            return await fn(rt)
+        status = None
+        if starting and _progress(False) == "live":
+            status = console.status("starting: opening the database …")
+            status.start()
+        try:
+            async with open_runtime(cfg) as rt:
+                if status is not None:
+                    status.stop()
+                    status = None
+                return await fn(rt)
+        finally:
+            if status is not None:
+                status.stop()
 
     return asyncio.run(main())
 
@@ -285,11 +351,11 @@ def run(
         # continue with it.
         options = {LLM_OPTION: llm_identity(cfg)} if llm else {}
         record = await pipeline.submit(text, options=options)
-        if not as_json:
+        if _progress(as_json) != "none":
             console.print(f"intent {record.id} queued", highlight=False)
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
 
-    raise typer.Exit(_with_runtime(cfg, go))
+    raise typer.Exit(_with_runtime(cfg, go, starting=not as_json))
 
 
 @app.command(
@@ -313,7 +379,7 @@ def resume(
         pipeline = rt.pipeline(llm=continuing_llm(rt, record, llm))
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
 
-    raise typer.Exit(_with_runtime(cfg, go))
+    raise typer.Exit(_with_runtime(cfg, go, starting=not as_json))
 
 
 # -- inspecting -------------------------------------------------------------------------
@@ -485,9 +551,14 @@ def replay(
             out_path=out,
         )
         intent = await pipeline.submit(original.intent_text, options={"replay_of": str(capsule)})
-        if not as_json:
+        progress = _progress(as_json)
+        if progress != "none":
             console.print(f"replaying as intent {intent.id}", highlight=False)
-        final = await pipeline.run(intent.id)
+        # The same progress as `qlp run`: the whole pipeline runs again.
+        final, cancelled = await _follow(rt, intent, lambda: pipeline.run(intent.id), progress)
+        if cancelled:
+            err_console.print(f"cancelled; the replay's intent {final.id} was not finished")
+            return EXIT_CANCELLED
         if not out.exists():
             raise QLPError(
                 f"the replay did not reach packaging: intent {final.id} is "
@@ -514,7 +585,7 @@ def replay(
                     console.print(plain(f"  {name}", one_line=True))
         return EXIT_OK if result.identical else EXIT_FAILED
 
-    raise typer.Exit(_with_runtime(cfg, go))
+    raise typer.Exit(_with_runtime(cfg, go, starting=not as_json))
 
 
 # -- maintenance --------------------------------------------------------------------------

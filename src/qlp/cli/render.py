@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from qlp.cli.common import clip
 from qlp.cli.safetext import plain, visible
+from qlp.domain import events as ev
 from qlp.domain.events import Event
 from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.store.base import FileRecord, IntentRecord, TaskRecord
@@ -107,6 +109,13 @@ def _task_table(rows: Iterable[tuple[str, str, str, int, str]]) -> Table:
     return table
 
 
+def _cut(value: object, style: str = "") -> Text:
+    """One line of untrusted text that is shortened with an ellipsis, never wrapped."""
+    text = plain(value, style, one_line=True)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
 def tasks_table(tasks: list[TaskRecord]) -> Table:
     return _task_table(
         (t.id, t.type.value, t.status.value, t.input_tokens + t.output_tokens, t.title)
@@ -140,34 +149,110 @@ def summary(
     return Group(*lines)
 
 
-class LiveView:
-    """The state shown while an intent runs, updated from events alone."""
+def clock(secs: float) -> str:
+    """Elapsed time, short: `7.2 s`, `3m05s`, `1h02m`."""
+    if secs < 60:
+        return f"{max(secs, 0.0):.1f} s"
+    minutes, seconds = divmod(int(secs), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
-    def __init__(self, intent_id: str) -> None:
+
+# What the events that start a phase say, in words (docs/ARCHITECTURE.md, "Phases").
+PHASE_WORDS = {
+    "checks": "checks in the sandbox",
+    "validating": "validating the project in the sandbox (build and tests)",
+}
+
+
+def phase_of(event: Event) -> tuple[str | None, str] | None:
+    """When `event` starts a phase: (its task id, or None for the intent; what happens now).
+
+    Existing events mark most phases (task.started: the model call; task.repairing: a
+    repair); task.phase and intent.phase mark the rest (checks, the project's validation)."""
+    p = event.payload
+    task = str(p["task_id"]) if p.get("task_id") else None
+    match event.type:
+        case ev.INTENT_PLANNING | ev.INTENT_RESUMED:
+            return None, "planning: model call" if event.type == ev.INTENT_PLANNING else "resuming"
+        case ev.PLAN_REJECTED:
+            return None, f"planning: model call, attempt {_int(p.get('attempt')) + 1}"
+        case ev.INTENT_PLANNED | ev.INTENT_EXECUTING:
+            return None, "running tasks"
+        case ev.TASK_STARTED if task:
+            return task, "model call"
+        case ev.TASK_RETRY if task:
+            return task, f"model call, attempt {_int(p.get('attempt')) + 1}"
+        case ev.TASK_PHASE if task:
+            phase = str(p.get("phase"))
+            attempt = _int(p.get("attempt"))
+            after = f" after repair {attempt - 1}" if attempt > 1 else ""
+            return task, f"{phase}{after}"
+        case ev.TASK_REPAIRING if task:
+            return task, f"repair {_int(p.get('attempt')) - 1}: model call with the failures"
+        case ev.INTENT_PHASE:
+            phase = str(p.get("phase"))
+            return None, PHASE_WORDS.get(phase, phase)
+        case ev.TASK_VALIDATED if task is None:  # the project's result: the gate decides now
+            return None, "review gate"
+        case ev.REVIEW_REQUIRED:
+            return None, "waiting for review"
+        case ev.INTENT_PACKAGING:
+            return None, "packaging: building and signing the capsule"
+        case ev.INTENT_COMPLETED | ev.INTENT_FAILED | ev.INTENT_CANCELLED | ev.INTENT_REJECTED:
+            return None, event.type.removeprefix("intent.")
+    return None
+
+
+def _int(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+class LiveView:
+    """The state shown while an intent runs, updated from events; drawn at the console's
+    width each time it is drawn, so its clocks move between events.
+
+    `clock` is injected so a test can move time without waiting."""
+
+    def __init__(self, intent_id: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.intent_id = intent_id
         self.status = IntentStatus.QUEUED.value
         self.tasks: dict[str, dict[str, Any]] = {}
         self.tokens = 0
         self.cost = 0.0
         self.cost_known = True
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self.last_note = ""
+        # What the intent is doing now, and since when (shown before any event arrives).
+        self.phase = "starting: planning …"
+        self.phase_since = self.started
 
     def seed(self, intent: IntentRecord, tasks: list[TaskRecord]) -> None:
         self.status = intent.status.value
         self.tokens = intent.total_tokens
         self.cost = intent.cost_usd
         self.cost_known = intent.cost_known
+        if intent.status != IntentStatus.QUEUED:
+            self.phase = f"starting: resuming ({intent.status.value}) …"
         for t in tasks:
             self.tasks[t.id] = {
                 "type": t.type.value,
                 "title": t.title,
                 "status": t.status.value,
                 "tokens": t.input_tokens + t.output_tokens,
+                "phase": "",
+                "since": None,
             }
 
     def apply(self, event: Event) -> None:
         p = event.payload
+        now = self.clock()
         if event.type.startswith("intent.") and "status" in p:
             self.status = str(p["status"])
         if event.type == "intent.planned":
@@ -177,11 +262,15 @@ class LiveView:
                     "title": t["title"],
                     "status": TaskStatus.PENDING.value,
                     "tokens": 0,
+                    "phase": "",
+                    "since": None,
                 }
         elif event.type.startswith("task.") and "task_id" in p and "status" in p:
             entry = self.tasks.get(str(p["task_id"]))
             if entry is not None:
                 entry["status"] = str(p["status"])
+                if event.type == ev.TASK_STARTED:
+                    entry["since"] = now
         elif event.type == "llm.usage":
             used = int(p.get("input_tokens", 0)) + int(p.get("output_tokens", 0))
             self.tokens += used
@@ -192,22 +281,83 @@ class LiveView:
             entry = self.tasks.get(str(p.get("task_id")))
             if entry is not None:
                 entry["tokens"] += used
+        mark = phase_of(event)
+        if mark is not None:
+            task_id, what = mark
+            if task_id is None:
+                self.phase, self.phase_since = what, now
+            elif (entry := self.tasks.get(task_id)) is not None:
+                entry["phase"] = what
         self.last_note = describe(event)
 
     def render(self) -> RenderableType:
-        table = _task_table(
-            (task_id, t["type"], t["status"], t["tokens"], t["title"])
-            for task_id, t in self.tasks.items()
-        )
-        done = sum(1 for t in self.tasks.values() if t["status"] in ("succeeded",))
-        head = Text.assemble(
-            (self.intent_id, "bold"),
-            "  ",
-            styled(self.status),
-            f"  {done}/{len(self.tasks)} tasks  {self.tokens:,} tokens  "
-            f"{money(self.cost, self.cost_known)}  {time.monotonic() - self.started:.1f} s",
-        )
-        return Group(head, table, Text(self.last_note, style="dim"))
+        """The view itself: a renderable that shows the state when it is drawn."""
+        return self
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.frame(options.max_width)
+
+    def frame(self, width: int) -> RenderableType:
+        now = self.clock()
+        running = sum(1 for t in self.tasks.values() if t["status"] == "running")
+        phase = self.phase
+        if phase == "running tasks":
+            phase = f"running tasks: {running} running"
+        now_line = _cut(f"now  {phase}  {clock(now - self.phase_since)}")
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        table.add_column("task", no_wrap=True)
+        table.add_column("type", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("tokens", justify="right", no_wrap=True)
+        # Collapsible (not no_wrap): these give up width first; their cells never wrap.
+        table.add_column("phase", max_width=44)
+        table.add_column("title", max_width=60)
+        for task_id, t in self.tasks.items():
+            doing = ""
+            if t["status"] == "running" and t["phase"]:
+                since = t["since"]
+                # The clock first: a long phase is shortened, the time stays in view.
+                doing = (f"{clock(now - since)}  " if since is not None else "") + t["phase"]
+            table.add_row(
+                _cut(task_id),
+                _cut(t["type"]),
+                styled(visible(t["status"], one_line=True)),
+                f"{t['tokens']:,}",
+                _cut(doing, "yellow"),
+                _cut(t["title"]),
+            )
+        return Group(self.header(width, now), now_line, table, _cut(self.last_note, "dim"))
+
+    def header(self, width: int, now: float | None = None) -> Text:
+        """The first line, fitted to `width` cells: the less important parts are dropped
+        first (cost detail, tokens, cost, task count), then the intent id is shortened."""
+        now = self.clock() if now is None else now
+        done = sum(1 for t in self.tasks.values() if t["status"] == "succeeded")
+        tasks = f"{done}/{len(self.tasks)} tasks"
+        tokens = f"{self.tokens:,} tokens"
+        long_cost = money(self.cost, self.cost_known)
+        short_cost = f"${self.cost:.4f}" if self.cost_known else f"≥ ${self.cost:.4f}"
+        optional = [
+            [tasks, tokens, long_cost],
+            [tasks, tokens, short_cost],
+            [tasks, short_cost],
+            [tasks],
+            [],
+        ]
+        status = visible(self.status, one_line=True)
+        intent_id = visible(self.intent_id, one_line=True)
+        fixed = f"{status}  {clock(now - self.started)}"
+        for extra in optional:
+            rest = "  ".join([fixed, *extra])
+            if cell_len(intent_id) + 2 + cell_len(rest) <= width:
+                break
+        room = max(width - 2 - cell_len(rest), 5)
+        if cell_len(intent_id) > room:
+            intent_id = intent_id[: room - 1] + "…"
+        head = Text.assemble((intent_id, "bold"), "  ", styled(status))
+        head.append(rest[len(status) :])
+        head.truncate(width, overflow="ellipsis")
+        return head
 
 
 def describe(event: Event) -> str:
@@ -246,6 +396,12 @@ def describe(event: Event) -> str:
         extra = f" round {p.get('round')}: {p.get('decision')} by {p.get('by')}"
     elif event.type == "capsule.ready":
         extra = f": {p.get('capsule_id')} v{p.get('version')}"
+    elif event.type == ev.TASK_PHASE:
+        phase = str(p.get("phase"))
+        extra = f" (attempt {p.get('attempt')}): {PHASE_WORDS.get(phase, phase)}"
+    elif event.type == ev.INTENT_PHASE:
+        phase = str(p.get("phase"))
+        extra = f" (round {p.get('round')}): {PHASE_WORDS.get(phase, phase)}"
     # Payloads hold model, tool and user text: shown with its control characters escaped,
     # and printed as plain text (never markup) by every caller.
     return visible(f"[{event.seq:>4}] {event.type}{task}{extra}", one_line=True)

@@ -37,6 +37,10 @@ INTENT_REVIEWING = "intent.reviewing"
 INTENT_PACKAGING = "intent.packaging"
 INTENT_REJECTED = "intent.rejected"
 CAPSULE_READY = "capsule.ready"
+# What is happening now, where no other event says so (docs/ARCHITECTURE.md, "Phases"):
+# task.phase {task_id, phase: "checks", attempt}, intent.phase {phase: "validating", round}.
+TASK_PHASE = "task.phase"
+INTENT_PHASE = "intent.phase"
 
 
 @dataclass(frozen=True)

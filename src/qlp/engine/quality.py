@@ -25,6 +25,7 @@ from qlp.domain.states import IntentStatus, TaskStatus
 from qlp.errors import UserInputError
 from qlp.review.gate import GateInput, GateOutcome, Policy, Verdict, evaluate
 from qlp.sandbox.base import Sandbox
+from qlp.scratch import process_folder
 from qlp.store.base import IntentRecord
 from qlp.store.repository import Store
 from qlp.store.reviews import CapsuleRecord, Decision, ReviewStore
@@ -152,6 +153,12 @@ class Quality:
         attempt = 1
         mine = set(files)
         while True:
+            # Checks can take many seconds (the sandbox runs the tests): say they started.
+            await self.store.append_event(
+                intent_id,
+                ev.TASK_PHASE,
+                {"task_id": task_id, "phase": "checks", "attempt": attempt},
+            )
             async with lock:  # the tree must not change under a running check
                 report = await self._validate(workspace, sorted(mine))
             digest = report.failure_digest()
@@ -194,6 +201,10 @@ class Quality:
     # -- per intent: full validation and the gate --------------------------------------------
     async def gate(self, intent: IntentRecord) -> tuple[int, GateOutcome, ValidationReport]:
         round_ = await self.next_round(intent.id)
+        # The sandboxed build and test run of the whole project, often the longest wait.
+        await self.store.append_event(
+            intent.id, ev.INTENT_PHASE, {"phase": "validating", "round": round_}
+        )
         report = await self._validate(Path(intent.workspace), None)
         await self.reviews.record_validation(
             intent.id,
@@ -383,8 +394,8 @@ class Quality:
                 decision=decision.as_dict(),
                 created_at=datetime.now(UTC),
             )
-        self.config.capsules_tmp.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.config.capsules_tmp) as tmp:
+        scratch = await asyncio.to_thread(process_folder, self.config.capsules_tmp)
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             out = Path(tmp) / f"{intent.id}-v{version}.qlcapsule"
             built = await asyncio.to_thread(build_capsule, inputs, out, self.config.signing_key)
             uri = await asyncio.to_thread(
