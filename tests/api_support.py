@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -45,6 +46,8 @@ def server_env(home: Path, db_url: str, llm_base_url: str | None, **extra: str) 
         "QLP_DATABASE_URL": db_url,
         "QLP_VALIDATE": "false",
         "QLP_LOG_LEVEL": "warning",
+        # Servers of one test module share its database: each keeps to its own intents.
+        "QLP_JOB_QUEUE": f"test-{secrets.token_hex(4)}",
     }
     if llm_base_url is not None:
         env.update(
@@ -67,6 +70,7 @@ class ApiServer:
     cwd: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
+    args: tuple[str, ...] = ()  # more `qlp serve` options (e.g. --no-worker)
 
     @property
     def base(self) -> str:
@@ -79,7 +83,7 @@ class ApiServer:
     def start(self, timeout: float = 60) -> ApiServer:
         log = (self.cwd / f"server-{self.port}.log").open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qlp", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "qlp", "serve", "--port", str(self.port), *self.args],
             env=self.env,
             cwd=self.cwd,
             text=True,

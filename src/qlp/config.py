@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     server_port: int = Field(default=8000, ge=1, le=65535)
     # Intents the server runs at once; more wait in the queue (state queued).
     server_max_running: int = Field(default=2, ge=1, le=256)
+    # The job queue this deployment's servers and workers share (engine/jobs.py). Processes
+    # on one database with different queues leave each other's intents alone.
+    job_queue: str = Field(default="qlp-intents", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     # Intents one user may have unfinished (queued, planning, executing, packaging) at once.
     user_max_active_intents: int = Field(default=5, ge=1)
     # Largest JSON request body; a capsule upload to /capsules/verify has its own limit.

@@ -90,9 +90,24 @@ class ConflictError(UserInputError):
     is not in a state that allows the action."""
 
 
+class TransitionError(ConflictError):
+    """A state move the rules refuse (HTTP 409, code `invalid_state`): cancelling a completed
+    intent, deciding on one that is not waiting for review, or losing a race to another
+    request that moved it first. `current` is the state found, when one was read."""
+
+    def __init__(self, message: str, current: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class LimitExceededError(UserInputError):
     """A rate or quota limit was hit (HTTP 429); `retry_after_s` says when to try again."""
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = max(1, retry_after_s)
+
+
+class IntentBusyError(ConflictError):
+    """Another QLP process holds the intent (it runs it now, or is stopped while it did);
+    a job meeting this waits and tries again."""

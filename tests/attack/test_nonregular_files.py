@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import make_url
 
 from qlp.capsule.base import CapsuleInputError
 from qlp.capsule.builder import build_capsule
@@ -143,6 +145,54 @@ def planted(done_intent: tuple[str, str, Path]) -> Iterator[Path]:
         path.write_text("content of QL-DEV-001\n")
 
 
+def _get_at_once(api: ApiServer, token: str, url: str, n: int) -> list[tuple[int, str]]:  # noqa: F811
+    """`n` GETs of `url`, 16 at a time, each on its own connection: (status, body) each."""
+
+    def get(_: int) -> tuple[int, str]:
+        with api.client(token) as each:
+            each.timeout = httpx.Timeout(10)
+            r = each.get(url)
+            return r.status_code, r.text
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(get, range(n)))
+
+
+@pytest.fixture
+def no_blobs(api: ApiServer, done_intent: tuple[str, str, Path]) -> Iterator[None]:  # noqa: F811
+    """The intent as one from before file contents were stored: its blobs removed (and put
+    back after), so the file route reads this host's workspace."""
+    _, intent_id, _ = done_intent
+    url = make_url(api.env["QLP_DATABASE_URL"]).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        saved = conn.execute(
+            "DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM files WHERE intent_id = %s)"
+            " RETURNING sha256, size, content, created_at",
+            (intent_id,),
+        ).fetchall()
+        assert saved
+        try:
+            yield
+        finally:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO blobs VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", saved
+                )
+
+
+def test_file_route_serves_what_the_task_wrote_and_never_opens_the_fifo(
+    api: ApiServer,  # noqa: F811
+    done_intent: tuple[str, str, Path],
+    planted: Path,
+) -> None:
+    token, intent_id, _ = done_intent
+    url = f"/intents/{intent_id}/files/out/QL-DEV-001.txt"
+    with fifo_guard(planted):
+        answers = _get_at_once(api, token, url, 64)
+    assert answers == [(200, "content of QL-DEV-001\n")] * 64
+
+
+@pytest.mark.usefixtures("no_blobs")
 def test_file_route_answers_409_for_a_fifo_at_once_and_parks_no_thread(
     api: ApiServer,  # noqa: F811
     done_intent: tuple[str, str, Path],
@@ -161,18 +211,12 @@ def test_file_route_answers_409_for_a_fifo_at_once_and_parks_no_thread(
 
         # Many at once: with a parked thread per request, the server's thread pool (about
         # 40 threads) would run dry and the later ones, and every other file read, would wait.
-        def get(_: int) -> int:
-            with api.client(token) as each:
-                each.timeout = httpx.Timeout(10)
-                return each.get(url).status_code
-
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(get, range(64)))
-        assert statuses == [409] * 64
+        assert [status for status, _ in _get_at_once(api, token, url, 64)] == [409] * 64
         other = c.get(f"/intents/{intent_id}/files/out/QL-DOC-003.txt")
         assert other.status_code == 200 and other.text == "content of QL-DOC-003\n"
 
 
+@pytest.mark.usefixtures("no_blobs")
 @pytest.mark.parametrize("what", ["a socket", "a folder", "a symbolic link"])
 def test_file_route_answers_409_for_other_things_in_place_of_a_file(
     api: ApiServer,  # noqa: F811

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from qlp.api.problems import classify
+from qlp.capsule.base import ReviewDecision
 from qlp.capsule.verify import verify_capsule
+from qlp.domain.decisions import Approve, Reject, RequestChanges
 from qlp.domain.states import IntentStatus, TaskStatus
+from qlp.engine.decisions import Continuation
+from qlp.engine.quality import CapsuleIdentity
+from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import open_runtime
+from qlp.errors import TransitionError, UserInputError
+from qlp.store.base import IntentRecord
 from qlp.store.reviews import ReviewStore
 from tests.support import (
     PLAN_WHEN,
@@ -137,13 +146,17 @@ async def test_changes_rerun_named_task_and_dependents_then_restart_and_approve(
         out = await run_intent(rt)
         assert out.intent.status == IntentStatus.REVIEWING  # policy always: a person decides
         before = {t.id: t.attempts for t in out.tasks.values()}
-        final = await rt.pipeline().decide(
+        pipeline = rt.pipeline()
+        decided = await pipeline.decide(
             out.intent.id,
-            "request_changes",
+            RequestChanges("document calc.add in the README", ("QL-DOC-001",)),
             actor="alice",
-            reason="document calc.add in the README",
-            tasks=["QL-DOC-001"],
         )
+        # Recording the decision runs nothing: the caller runs what it says comes next.
+        assert decided.next == Continuation.RERUN
+        assert decided.intent.status == IntentStatus.EXECUTING
+        assert {t.id: t.attempts for t in await rt.store.get_tasks(out.intent.id)} == before
+        final = await pipeline.run(out.intent.id)
         tasks = {t.id: t for t in await rt.store.get_tasks(out.intent.id)}
         asked = [r.last_user_message for r in server.requests]
         settings = rt.settings
@@ -164,9 +177,13 @@ async def test_changes_rerun_named_task_and_dependents_then_restart_and_approve(
     async with open_runtime(settings) as rt2:
         waiting = await rt2.store.get_intent(out.intent.id)
         assert waiting.status == IntentStatus.REVIEWING
-        done = await rt2.pipeline(need_llm=False).decide(
-            out.intent.id, "approve", actor="bob", reason="looks right"
+        pipeline2 = rt2.pipeline(need_llm=False)
+        decided = await pipeline2.decide(out.intent.id, Approve("looks right"), actor="bob")
+        assert (decided.next, decided.intent.status) == (
+            Continuation.PACKAGE,
+            IntentStatus.PACKAGING,
         )
+        done = await pipeline2.run(out.intent.id)
         reviews = ReviewStore(rt2.store)
         capsules = sorted(await reviews.capsules(out.intent.id), key=lambda c: c.version)
         rounds = await reviews.rounds(out.intent.id)
@@ -233,7 +250,10 @@ async def test_approving_a_project_without_tests_packages_it(qlp_home: Path, db_
         assert out.intent.status == IntentStatus.REVIEWING, out.intent.error
         reviews = ReviewStore(rt.store)
         waiting = await reviews.current_round(out.intent.id)
-        done = await rt.pipeline(need_llm=False).decide(out.intent.id, "approve", actor="bob")
+        pipeline = rt.pipeline(need_llm=False)
+        decided = await pipeline.decide(out.intent.id, Approve(), actor="bob")
+        assert decided.next == Continuation.PACKAGE
+        done = await pipeline.run(out.intent.id)
         capsules = await reviews.capsules(out.intent.id)
     assert waiting.scores["tests"] is None
     assert done.status == IntentStatus.COMPLETED, done.error
@@ -241,3 +261,84 @@ async def test_approving_a_project_without_tests_packages_it(qlp_home: Path, db_
     report = verify_capsule(Path(capsules[0].uri.removeprefix("file://")))
     assert report.ok, report.problems
     assert report.manifest is not None and report.manifest["scores"]["tests"] is None
+
+
+async def test_a_cancel_and_a_decision_racing_end_in_a_conflict_not_a_crash(
+    qlp_home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests on one intent waiting for review, each landing between the other's read
+    of the state and its write (forced by running the second inside the first, no clock):
+    the one that loses is refused with TransitionError, the API's 409 `invalid_state`; the
+    winner's state stands and nothing is queued. Both were a ValueError (a 500) before."""
+    dev = files_answer({"calc.py": GOOD_CODE})
+    script = _script([dev]) * 2  # two intents, one after the other
+    async with scenario(qlp_home, db_url, script, **_on(review_policy="always")) as (rt, _):
+        first = await run_intent(rt)
+        second = await run_intent(rt)
+        assert {first.intent.status, second.intent.status} == {IntentStatus.REVIEWING}
+        runner = IntentRunner(
+            rt.pipeline(need_llm=False), rt.database_url, max_running=1, max_active_per_user=9
+        )
+        await runner.jobs.open()  # no worker: nothing here runs a job
+        quality = runner.pipeline.quality
+        assert quality is not None
+
+        # 1. An approval records its decision; a cancel lands before it moves the intent on.
+        record = quality.reviews.decide
+        cancelled: list[IntentRecord] = []
+
+        async def decide_then_cancel(*args: Any, **kwargs: Any) -> Any:
+            made = await record(*args, **kwargs)
+            cancelled.append(await runner.cancel(first.intent.id))
+            return made
+
+        monkeypatch.setattr(quality.reviews, "decide", decide_then_cancel)
+        with pytest.raises(TransitionError, match="cannot go from cancelled to packaging") as lost:
+            await runner.decide(first.intent.id, Approve(), actor="bob")
+        monkeypatch.setattr(quality.reviews, "decide", record)
+        assert [c.status for c in cancelled] == [IntentStatus.CANCELLED]
+        assert lost.value.current == "cancelled"
+        assert classify(lost.value)[:2] == (409, "invalid_state")
+
+        # 2. A cancel reads `reviewing`; a rejection lands before it writes `cancelled`.
+        store = runner.store
+        write = store.set_intent_status
+
+        async def reject_first(intent_id: str, status: IntentStatus, **kwargs: Any) -> Any:
+            if status == IntentStatus.CANCELLED:
+                await runner.decide(intent_id, Reject("stores nothing useful"), actor="ann")
+            return await write(intent_id, status, **kwargs)
+
+        monkeypatch.setattr(store, "set_intent_status", reject_first)
+        with pytest.raises(TransitionError, match="cannot go from rejected to cancelled") as late:
+            await runner.cancel(second.intent.id)
+        monkeypatch.setattr(store, "set_intent_status", write)
+        assert classify(late.value)[:2] == (409, "invalid_state")
+
+        ids = [first.intent.id, second.intent.id]
+        assert await runner.jobs.without_job(ids) == ids  # neither continuation was queued
+        await runner.jobs.close()
+        ends = [(await rt.store.get_intent(o.intent.id)).status for o in (first, second)]
+        capsules = await ReviewStore(rt.store).capsules(first.intent.id)
+    assert ends == [IntentStatus.CANCELLED, IntentStatus.REJECTED]
+    assert capsules == []
+
+
+async def test_replay_is_chosen_when_the_pipeline_is_made(qlp_home: Path, db_url: str) -> None:
+    """`qlp replay` asks the factory for a replaying pipeline; nothing is switched on a live
+    object, so another pipeline of the same runtime builds ordinary capsules."""
+    identity = CapsuleIdentity(
+        intent_id="QLI-01J00000000000000000000000",
+        version=1,
+        parent=None,
+        decision=ReviewDecision(decision="approve", by="bob", at="2026-01-01T00:00:00Z"),
+        out_path=qlp_home / "replay.qlcapsule",
+    )
+    async with scenario(qlp_home, db_url, [], **_on()) as (rt, _):
+        replaying = rt.pipeline(need_llm=False, replay=identity).quality
+        ordinary = rt.pipeline(need_llm=False).quality
+    assert replaying is not None and replaying.replay is identity
+    assert ordinary is not None and ordinary.replay is None
+    async with scenario(qlp_home, db_url, [], validation_enabled=False) as (rt, _):
+        with pytest.raises(UserInputError, match="replay needs validation"):
+            rt.pipeline(need_llm=False, replay=identity)

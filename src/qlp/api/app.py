@@ -23,6 +23,7 @@ from qlp.api.routes import auth, capsules, intents, stream, system
 from qlp.api.tracing import instrument
 from qlp.capsule.keys import public_key_pem, public_key_text
 from qlp.config import Settings
+from qlp.engine.relay import EventRelay
 from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signing_key
 from qlp.errors import QLPError
@@ -62,9 +63,13 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
 
 
 def create_app(
-    settings: Settings, *, on_startup_error: Callable[[QLPError], None] | None = None
+    settings: Settings,
+    *,
+    worker: bool = True,
+    on_startup_error: Callable[[QLPError], None] | None = None,
 ) -> FastAPI:
-    """The app; its lifespan opens the service. A QLPError while opening it (database
+    """The app; its lifespan opens the service (with a worker running intents, unless
+    `worker` is False: an API replica). A QLPError while opening it (database
     unreachable, a bad setting) goes to `on_startup_error` when given (the server then stops
     and reports it in one line) instead of failing the lifespan with a traceback."""
     metrics = Metrics()
@@ -74,8 +79,11 @@ def create_app(
         pipeline = rt.pipeline(need_llm=False, sandbox_observer=metrics.observe_sandbox)
         runner = IntentRunner(
             pipeline,
+            rt.database_url,
             max_running=settings.server_max_running,
             max_active_per_user=settings.user_max_active_intents,
+            work=worker,
+            queue=settings.job_queue,
         )
         key = signing_key(settings)
         # Removes what a crashed server left in QLP_HOME/tmp, then holds this one's folder.
@@ -100,6 +108,7 @@ def create_app(
             queries=IntentQueries(rt.store),
             reviews=ReviewStore(rt.store),
             capsules=make_capsule_store(settings),
+            blobs=pipeline.blobs,
             limits=RateLimits(
                 counters,
                 login_per_minute=settings.login_rate_per_minute,
@@ -111,6 +120,11 @@ def create_app(
             public_key_pem=public_key_pem(key),
             scratch=scratch,
         )
+        # Events committed by other processes (workers, other servers, `qlp run`) reach this
+        # one's WebSocket subscribers through it.
+        relay = EventRelay(rt.store, rt.bus)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
         events = rt.bus.subscribe()
         follower = asyncio.create_task(metrics.follow(events))
 

@@ -16,6 +16,7 @@ from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import Runtime
 from qlp.scratch import Scratch
 from qlp.store.audit import AuditStore
+from qlp.store.blobs import BlobStore
 from qlp.store.intent_queries import IntentQueries
 from qlp.store.reviews import ReviewStore
 
@@ -30,6 +31,7 @@ class Service:
     queries: IntentQueries
     reviews: ReviewStore
     capsules: CapsuleStore
+    blobs: BlobStore  # file contents by sha256
     limits: RateLimits
     refusals: RefusalTally  # refused requests, counted into audit rows
     metrics: Metrics

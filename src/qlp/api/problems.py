@@ -27,6 +27,7 @@ from qlp.errors import (
     PermissionDeniedError,
     QLPError,
     StoreError,
+    TransitionError,
     UserInputError,
 )
 
@@ -121,6 +122,8 @@ def classify(exc: QLPError) -> tuple[int, str, dict[str, str]]:
         return 403, "forbidden", {}
     if isinstance(exc, NotFoundError):
         return 404, "not_found", {}
+    if isinstance(exc, TransitionError):  # a refused state move, e.g. a lost race
+        return 409, "invalid_state", {}
     if isinstance(exc, ConflictError):
         return 409, "conflict", {}
     if isinstance(exc, LimitExceededError):
@@ -156,7 +159,10 @@ def install(app: FastAPI) -> None:
         status, code, headers = classify(exc)
         if status >= 500:
             log.error("api.error", code=code, error=exc.message)
-        return problem(request, status, code, exc.message, headers=headers)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, TransitionError) and exc.current is not None:
+            extra["current_status"] = exc.current  # what the intent (or task) is now
+        return problem(request, status, code, exc.message, headers=headers, **extra)
 
     async def on_api_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiProblem)

@@ -46,6 +46,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[Listening], None] | None = None,
+    worker: bool = True,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_ready` is called once the server accepts requests
     (the service opened, the socket listening). Shutdown stops accepting connections, lets
@@ -65,7 +66,7 @@ def serve(
 
     sock = _listen(host, port)
     config = uvicorn.Config(
-        create_app(settings, on_startup_error=startup_failed),
+        create_app(settings, worker=worker, on_startup_error=startup_failed),
         host=host,
         port=port,
         # h11 (not httptools) bounds the request head while it arrives: a head larger than
@@ -83,7 +84,7 @@ def serve(
 
     def started() -> None:
         if on_ready is not None:
-            on_ready(describe(settings, sock.getsockname()))
+            on_ready(describe(settings, sock.getsockname(), worker=worker))
 
     server = _Server(config, started)
     holder.append(server)
@@ -138,7 +139,7 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-def describe(settings: Settings, address: Any) -> Listening:
+def describe(settings: Settings, address: Any, *, worker: bool = True) -> Listening:
     """The ready line's content: the bound address (the real port, also for --port 0), the
     model, database, storage and sandbox in use, and a warning when no model is set. Never
     a password, key or query string."""
@@ -149,6 +150,12 @@ def describe(settings: Settings, address: Any) -> Listening:
         ("database", _database(settings)),
         ("storage", _storage(settings)),
         ("sandbox", _sandbox(settings)),
+        (
+            "worker",
+            f"in this process, {settings.server_max_running} intents at once"
+            if worker
+            else "none (--no-worker): intents run on `qlp worker` processes",
+        ),
     ]
     warnings = []
     if settings.llm_provider is None:

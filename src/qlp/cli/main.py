@@ -32,7 +32,7 @@ from qlp.cli.review import app as review_app
 from qlp.cli.safetext import plain
 from qlp.cli.sandbox import app as sandbox_app
 from qlp.cli.users import app as users_app
-from qlp.domain.states import IntentStatus
+from qlp.domain.states import DECIDABLE, STARTABLE, IntentStatus, require_state
 from qlp.errors import QLPError, UserInputError
 
 # `qlp --help` and `qlp version` start in a fraction of a second because nothing heavy (the
@@ -374,8 +374,9 @@ def resume(
 
     async def go(rt: Runtime) -> int:
         record = await rt.store.find_intent(intent_id)
-        if record.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
-            raise UserInputError(f"intent {record.id} is {record.status.value}; nothing to resume")
+        # Work left in progress (a crash, Ctrl-C) or another attempt; a review wait is
+        # refused by the pipeline, which names the command to decide with.
+        require_state(record.id, record.status, STARTABLE | DECIDABLE, "nothing to resume")
         pipeline = rt.pipeline(llm=continuing_llm(rt, record, llm))
         return await _drive(rt, record, lambda: pipeline.run(record.id), as_json)
 
@@ -541,14 +542,15 @@ def replay(
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{original.manifest['capsule_id']}.replay.qlcapsule"
         out.unlink(missing_ok=True)
-        pipeline = rt.pipeline(llm=ReplayClient(original.transcript))
-        assert pipeline.quality is not None
-        pipeline.quality.replay = CapsuleIdentity(
-            intent_id=str(original.manifest["intent"]["id"]),
-            version=1,
-            parent=None,
-            decision=original.decision,
-            out_path=out,
+        pipeline = rt.pipeline(
+            llm=ReplayClient(original.transcript),
+            replay=CapsuleIdentity(
+                intent_id=str(original.manifest["intent"]["id"]),
+                version=1,
+                parent=None,
+                decision=original.decision,
+                out_path=out,
+            ),
         )
         intent = await pipeline.submit(original.intent_text, options={"replay_of": str(capsule)})
         progress = _progress(as_json)
@@ -612,6 +614,14 @@ def serve(
         str | None, typer.Option(help="Address to listen on (QLP_SERVER_HOST, 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (QLP_SERVER_PORT, 8000)")] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run intents in this process too (default), or serve the API only and let "
+            "`qlp worker` processes on the same database run them.",
+        ),
+    ] = True,
 ) -> None:
     from qlp.api.server import Listening
     from qlp.api.server import serve as run_server  # FastAPI loads only for this command
@@ -622,7 +632,32 @@ def serve(
         for warning in where.warnings:
             err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
-    run_server(settings(), host=host, port=port, on_ready=ready)
+    run_server(settings(), host=host, port=port, on_ready=ready, worker=worker)
+
+
+@app.command(help="Run intents submitted to any `qlp serve` on the same database, until SIGTERM.")
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=64,
+            help="Intents run at once (QLP_SERVER_MAX_RUNNING, 2).",
+        ),
+    ] = None,
+) -> None:
+    from qlp.cli.worker import run_worker
+
+    sys.exit(run_worker(settings(), concurrency))
+
+
+@app.command(help="List the workers on this database and what they run (exit 1: none alive).")
+def workers(as_json: JsonOption = False) -> None:
+    from qlp.cli.worker import list_workers
+
+    sys.exit(list_workers(settings(), as_json))
 
 
 @app.command(help="Print the QLP version.")

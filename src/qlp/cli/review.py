@@ -256,27 +256,25 @@ def _decide(
     as_json: bool,
 ) -> int:
     from qlp.cli.views import exit_code, intent_document, print_intent
+    from qlp.domain.decisions import RequestChanges, parse_decision
     from qlp.engine.wiring import continuing_llm
+
+    chosen = parse_decision(decision, reason=reason, tasks=tasks)  # before any database
+    actor = by or getpass.getuser()
 
     async def go(rt: Runtime) -> int:
         intent = await rt.store.find_intent(intent_id)
-        rerun = decision == "request_changes"
+        rerun = isinstance(chosen, RequestChanges)
         pipeline = rt.pipeline(
             need_llm=rerun, llm=continuing_llm(rt, intent, llm) if rerun else None
         )
-        final = await pipeline.decide(
-            intent.id,
-            decision,
-            actor=by or getpass.getuser(),
-            reason=reason,
-            tasks=tasks,
-            run_after=False,
-        )
+        decided = await pipeline.decide(intent.id, chosen, actor=actor)
         # Recorded before the (possibly long) packaging or re-run that follows.
         await audit_cli_action(
-            rt, f"review.{decision}", intent.id, by=by or getpass.getuser(), tasks=tasks
+            rt, f"review.{chosen.kind}", intent.id, by=actor, tasks=list(chosen.tasks)
         )
-        if final.status in (IntentStatus.PACKAGING, IntentStatus.EXECUTING):
+        final = decided.intent
+        if decided.next is not None:  # in this process: the CLI is its own runner
             final = await pipeline.run(intent.id)
         if as_json:
             print_json(await intent_document(rt, final))

@@ -1,8 +1,32 @@
-"""Intent and task states, and the only transitions allowed between them."""
+"""Intent and task states, the only transitions allowed between them, and which states
+each action (run, resume, cancel, decide) may start from: defined here once."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+# The one import from outside domain/: errors.py is the hierarchy at the bottom of the
+# house (it imports nothing), so a refused move is a QLPError the faces map (409, exit 2).
+from qlp.errors import TransitionError
+
+__all__ = [
+    "CANCELLABLE",
+    "DECIDABLE",
+    "INTENT_TRANSITIONS",
+    "RESUMABLE",
+    "RUNNABLE",
+    "STARTABLE",
+    "TASKS_CANCELLABLE",
+    "TASKS_REQUEUED_ON_RESUME",
+    "TASK_TRANSITIONS",
+    "IntentStatus",
+    "TaskStatus",
+    "TransitionError",
+    "check_intent_transition",
+    "check_task_transition",
+    "require_state",
+    "sources_of",
+]
 
 
 class IntentStatus(StrEnum):
@@ -69,20 +93,47 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
+# -- which states each action starts from ---------------------------------------------------
+# Work for a runner: an intent in one of these is (or was, when its process stopped) on its
+# way; a runner starting up resumes it, and it counts against its user's active limit.
+RUNNABLE = frozenset({_I.QUEUED, _I.PLANNING, _I.EXECUTING, _I.PACKAGING})
+# A person may ask for another attempt (`qlp resume`, POST /intents/{id}/resume).
+RESUMABLE = frozenset({_I.FAILED, _I.CANCELLED})
+# What `Pipeline.run` may drive: work in progress, or another attempt.
+STARTABLE = RUNNABLE | RESUMABLE
+# A person may cancel: anything unfinished, a review wait included.
+CANCELLABLE = RUNNABLE | {_I.REVIEWING}
+# A review decision (approve, reject, request changes) may be recorded.
+DECIDABLE = frozenset({_I.REVIEWING})
+
+# Tasks a resumed run puts back to pending, in this order; succeeded ones keep their files.
+TASKS_REQUEUED_ON_RESUME = (_T.RUNNING, _T.FAILED, _T.SKIPPED, _T.CANCELLED)
+# Tasks a cancelled run marks cancelled (the others have finished).
+TASKS_CANCELLABLE = frozenset({_T.PENDING, _T.RUNNING})
+
+
 def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
     """The task states from which `new` may be entered."""
     return frozenset(old for old, targets in TASK_TRANSITIONS.items() if new in targets)
 
 
-class TransitionError(ValueError):
-    pass
+def require_state(
+    intent_id: str, status: IntentStatus, allowed: frozenset[IntentStatus], refusal: str
+) -> None:
+    """Refuse an action whose intent is not in a state it starts from: TransitionError
+    "intent ID is STATUS; REFUSAL"."""
+    if status not in allowed:
+        raise TransitionError(f"intent {intent_id} is {status.value}; {refusal}", status.value)
 
 
-def check_intent_transition(old: IntentStatus, new: IntentStatus) -> None:
+def check_intent_transition(
+    old: IntentStatus, new: IntentStatus, intent_id: str | None = None
+) -> None:
     if new not in INTENT_TRANSITIONS[old]:
-        raise TransitionError(f"intent cannot go from {old} to {new}")
+        which = f"intent {intent_id}" if intent_id else "intent"
+        raise TransitionError(f"{which} cannot go from {old} to {new}", old.value)
 
 
 def check_task_transition(old: TaskStatus, new: TaskStatus) -> None:
     if new not in TASK_TRANSITIONS[old]:
-        raise TransitionError(f"task cannot go from {old} to {new}")
+        raise TransitionError(f"task cannot go from {old} to {new}", old.value)

@@ -9,31 +9,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from qlp.agents.agent import AgentSettings, run_agent
 from qlp.agents.context import ContextFile, select_context
 from qlp.domain import events as ev
 from qlp.domain.artifacts import FileOut
+from qlp.domain.decisions import Decision
 from qlp.domain.ids import new_intent_id
 from qlp.domain.plan import Plan, topological_order, transitive_dependencies
-from qlp.domain.states import IntentStatus, TaskStatus
-from qlp.engine.quality import Quality, rerun_set
+from qlp.domain.states import (
+    DECIDABLE,
+    RESUMABLE,
+    STARTABLE,
+    TASKS_CANCELLABLE,
+    TASKS_REQUEUED_ON_RESUME,
+    IntentStatus,
+    TaskStatus,
+    require_state,
+)
+from qlp.engine.decisions import Decided, record_decision
+from qlp.engine.quality import Quality
 from qlp.engine.scheduler import DagOutcome, DagScheduler
 from qlp.engine.workspace import TreeLock, Workspace, WrittenFile
 from qlp.errors import BudgetExceededError, QLPError, UserInputError
 from qlp.llm.base import CallRecord, LLMClient, client_for_intent
 from qlp.llm.recording import RecordingClient
 from qlp.planning.planner import PlannerLimits, make_plan
-from qlp.review.gate import Gate, may_approve
 from qlp.store.base import FileRecord, IntentRecord
+from qlp.store.blobs import BlobStore
 from qlp.store.repository import Store
 
 MAX_INTENT_CHARS = 20_000
+
+log = structlog.get_logger("qlp.engine")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class Pipeline:
         quality: Quality | None = None,
     ) -> None:
         self.store = store
+        self.blobs = BlobStore(store)  # file contents, for a workspace on any host
         self.llm = llm
         self.config = config
         # Validation, review and packaging; None runs the agents only (engine benchmarks).
@@ -109,19 +125,51 @@ class Pipeline:
             intent_id, text, options=options or {}, user_id=user_id, workspace=str(workspace)
         )
 
+    async def local(self, intent: IntentRecord) -> IntentRecord:
+        """The intent with its workspace on this host (QLP_HOME/workspaces/ID), every file its
+        tasks wrote there as recorded: what is missing or differs is written from the blob
+        store, so an intent continues on any host. The stored path says where it was worked
+        on last (updated here), never the truth."""
+        local = replace(intent, workspace=str(self.config.workspaces_dir / intent.id))
+        if local.workspace != intent.workspace:
+            await self.store.move_workspace(intent.id, local.workspace)
+        files = await self.store.get_files(intent.id)
+        workspace = Workspace(Path(local.workspace))
+        await asyncio.to_thread(workspace.ensure)
+        stale = await asyncio.to_thread(
+            workspace.stale, {path: f.sha256 for path, f in files.items()}
+        )
+        if not stale:
+            return local
+        found = await self.blobs.get([files[path].sha256 for path in stale])
+        lost = [path for path in stale if files[path].sha256 not in found]
+        if lost:
+            raise UserInputError(
+                f"intent {intent.id}: the content of {', '.join(lost[:5])}"
+                f"{' ...' if len(lost) > 5 else ''} is neither in this host's workspace nor in "
+                "the database (an intent from before file contents were stored, continued on "
+                "another host or with another QLP_HOME): continue it where it was started"
+            )
+        await asyncio.to_thread(
+            workspace.write_all_bytes, [(path, found[files[path].sha256]) for path in stale]
+        )
+        log.info("workspace.restored", intent_id=intent.id, files=len(stale))
+        return local
+
     async def run(self, intent_id: str) -> IntentRecord:
         """Drive the intent to a final state (or until cancelled) and return it."""
         async with self.store.intent_lock(intent_id):
-            intent = await self.store.get_intent(intent_id)
-            if intent.status in (IntentStatus.COMPLETED, IntentStatus.REJECTED):
-                raise UserInputError(f"intent {intent_id} is already {intent.status.value}")
-            if intent.status == IntentStatus.REVIEWING:
-                raise UserInputError(
-                    f"intent {intent_id} is waiting for review; decide with "
-                    f"`qlp review approve|reject|changes {intent_id}`"
-                )
+            intent = await self.local(await self.store.get_intent(intent_id))
+            require_state(
+                intent_id,
+                intent.status,
+                STARTABLE,
+                f"decide with `qlp review approve|reject|changes {intent_id}`"
+                if intent.status in DECIDABLE
+                else "nothing to run",
+            )
             try:
-                if intent.status in (IntentStatus.FAILED, IntentStatus.CANCELLED):
+                if intent.status in RESUMABLE:
                     await self.store.append_event(
                         intent_id, ev.INTENT_RESUMED, {"from": intent.status.value}
                     )
@@ -142,107 +190,12 @@ class Pipeline:
                 self._spent.pop(intent_id, None)
             return await self.store.get_intent(intent_id)
 
-    async def decide(
-        self,
-        intent_id: str,
-        decision: str,
-        *,
-        actor: str,
-        reason: str | None = None,
-        tasks: Sequence[str] = (),
-        run_after: bool = True,
-    ) -> IntentRecord:
-        """A person's decision on an intent waiting for review (approve, reject or
-        request_changes). Changes re-run the named tasks (all when none are named) and
-        their dependents with the feedback in their prompt, then the gate runs again.
-
-        `run_after=False` (the service) records the decision and moves the intent to the
-        state it continues from (packaging or executing), then returns: the caller's queue
-        runs it, as it would after a restart."""
-        quality = self.quality
-        if quality is None:
-            raise UserInputError("review needs validation, which is off (QLP_VALIDATE=false)")
-        async with self.store.intent_lock(intent_id):
-            intent = await self.store.get_intent(intent_id)
-            if intent.status != IntentStatus.REVIEWING:
-                raise UserInputError(
-                    f"intent {intent_id} is {intent.status.value}, not waiting for review"
-                )
-            current = await quality.reviews.current_round(intent_id)
-            if decision == "approve":
-                blocked = may_approve(
-                    [Gate(g["name"], bool(g["passed"]), str(g["detail"])) for g in current.gates],
-                    quality.config.policy,
-                )
-                if blocked:
-                    raise UserInputError(f"cannot approve: {blocked}")
-                made = await quality.reviews.decide(
-                    intent_id,
-                    current.round,
-                    decision="approve",
-                    actor=actor,
-                    reason=reason,
-                    tasks=[],
-                )
-                if not run_after:
-                    await self.store.set_intent_status(
-                        intent_id, IntentStatus.PACKAGING, event_type=ev.INTENT_PACKAGING
-                    )
-                    return await self.store.get_intent(intent_id)
-                await quality.package(intent, await quality.latest_report(intent_id), made)
-                return await self.store.get_intent(intent_id)
-            if not (reason or "").strip():
-                what = "a reason" if decision == "reject" else "feedback"
-                raise UserInputError(f"{decision} needs {what} (--reason/--feedback TEXT)")
-            if decision == "reject":
-                await quality.reviews.decide(
-                    intent_id,
-                    current.round,
-                    decision="reject",
-                    actor=actor,
-                    reason=reason,
-                    tasks=[],
-                )
-                await self.store.set_intent_status(
-                    intent_id, IntentStatus.REJECTED, event_type=ev.INTENT_REJECTED, error=reason
-                )
-                return await self.store.get_intent(intent_id)
-            if decision != "request_changes":
-                raise UserInputError(f"unknown decision {decision!r}")
-            records = await self.store.get_tasks(intent_id)
-            known = {t.id for t in records}
-            unknown = sorted(set(tasks) - known)
-            if unknown:
-                raise UserInputError(
-                    f"intent {intent_id} has no task {', '.join(unknown)} "
-                    f"(its tasks: {', '.join(sorted(known))})"
-                )
-            made = await quality.reviews.decide(
-                intent_id,
-                current.round,
-                decision="request_changes",
-                actor=actor,
-                reason=reason,
-                tasks=sorted(tasks),
-            )
-            # This round's project is kept as a capsule version of its own (the parent of
-            # the next one).
-            await quality.package(intent, await quality.latest_report(intent_id), made, final=False)
-            deps = {t.id: t.dependencies for t in records}
-            again = rerun_set(deps, list(tasks) or sorted(known))
-            await self.store.set_tasks_status(
-                intent_id,
-                again,
-                TaskStatus.PENDING,
-                event_type="task.requeued",
-                payload={"reason": "changes requested"},
-            )
-            await self.store.set_intent_status(
-                intent_id, IntentStatus.EXECUTING, event_type=ev.INTENT_EXECUTING
-            )
-        if not run_after:
-            return await self.store.get_intent(intent_id)
-        return await self.run(intent_id)
+    async def decide(self, intent_id: str, decision: Decision, *, actor: str) -> Decided:
+        """Record a person's decision on an intent waiting for review (engine/decisions.py)
+        and return what runs next; running it (`run`) is the caller's job."""
+        return await record_decision(
+            self.store, self.quality, intent_id, decision, actor=actor, local=self.local
+        )
 
     # -- steps ---------------------------------------------------------------------------
     async def _ensure_plan(self, intent: IntentRecord) -> tuple[Plan, list[str] | None] | None:
@@ -291,12 +244,7 @@ class Pipeline:
         done = {t.id for t in tasks if t.status == TaskStatus.SUCCEEDED}
         # Anything unfinished (running when the process died, failed, skipped, cancelled)
         # goes back to pending; succeeded work is kept.
-        for status in (
-            TaskStatus.RUNNING,
-            TaskStatus.FAILED,
-            TaskStatus.SKIPPED,
-            TaskStatus.CANCELLED,
-        ):
+        for status in TASKS_REQUEUED_ON_RESUME:
             again = [t.id for t in tasks if t.status == status]
             await self.store.set_tasks_status(
                 intent.id, again, TaskStatus.PENDING, event_type="task.requeued"
@@ -568,9 +516,14 @@ class _IntentRun:
     ) -> tuple[list[WrittenFile], BaseException | None]:
         if before:
             await asyncio.wait(before)
-        return await asyncio.to_thread(
+        done, error = await asyncio.to_thread(
             self.workspace.write_all, [(f.path, f.content) for f in files]
         )
+        # The bytes go to the blob store before the task's files are recorded, so a recorded
+        # file is always there for a host that rebuilds the workspace.
+        content = {f.path: f.content for f in files}
+        await self.p.blobs.put(content[w.path].encode("utf-8") for w in done)
+        return done, error
 
     async def failed(self, task_id: str, reason: str) -> None:
         await self.store.set_task_status(
@@ -584,7 +537,7 @@ class _IntentRun:
 
     async def cancelled(self, task_ids: list[str]) -> None:
         tasks = await self.store.get_tasks(self.intent.id)
-        live = {t.id for t in tasks if t.status in (TaskStatus.PENDING, TaskStatus.RUNNING)}
+        live = {t.id for t in tasks if t.status in TASKS_CANCELLABLE}
         await self.store.set_tasks_status(
             self.intent.id,
             [t for t in task_ids if t in live],

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from xml.etree import ElementTree
 
 from defusedxml.ElementTree import fromstring as safe_fromstring
@@ -106,12 +106,15 @@ def rerun_set(deps: Mapping[str, Sequence[str]], named: Collection[str]) -> list
 
 
 class Quality:
-    def __init__(self, store: Store, config: QualityConfig) -> None:
+    def __init__(
+        self, store: Store, config: QualityConfig, *, replay: CapsuleIdentity | None = None
+    ) -> None:
         self.store = store
         self.reviews = ReviewStore(store)
         self.config = config
-        # Set by `qlp replay`: build the capsule under the original's identity, to a file.
-        self.replay: CapsuleIdentity | None = None
+        # `qlp replay`: the capsule is built under the original's identity, to a file. Chosen
+        # when the object is made (Runtime.pipeline(replay=...)), never switched on later.
+        self.replay: Final[CapsuleIdentity | None] = replay
 
     async def pending_feedback(self, intent_id: str, plan: Plan) -> dict[str, str]:
         """Feedback of the last round when a person asked for changes, per task to redo."""

@@ -1,100 +1,106 @@
-"""Intents run in the background of a long-lived process (the service).
+"""Intents run as jobs (engine/jobs.py), in the background of long-lived processes.
 
-The CLI drives one intent in the foreground; the server accepts many and runs at most
-`max_running` at once, the rest wait in a queue in state `queued`. Because every step of
-an intent is committed before the next, the queue itself needs no persistence: on start the
-runner picks up every intent that was queued, planning, executing or packaging when the
-process last stopped, oldest first.
+The CLI drives one intent in the foreground; `qlp serve` and `qlp worker` defer a job per
+intent and run jobs, at most `max_running` at once per process; the rest wait in state
+`queued`. Because every step of an intent is committed before the next, a job that stops
+(a worker's SIGTERM, SIGKILL or a lost host) leaves nothing to redo: the next job continues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
 from qlp.domain import events as ev
-from qlp.domain.states import IntentStatus
+from qlp.domain.decisions import Decision
+from qlp.domain.states import (
+    CANCELLABLE,
+    RESUMABLE,
+    RUNNABLE,
+    STARTABLE,
+    IntentStatus,
+    require_state,
+)
+from qlp.engine.jobs import IntentJobs
 from qlp.engine.pipeline import Pipeline
-from qlp.errors import ConflictError, LimitExceededError, QLPError
+from qlp.errors import ConflictError, IntentBusyError, LimitExceededError, QLPError
 from qlp.store.base import IntentRecord
-from qlp.store.intent_queries import IntentQueries
+from qlp.store.intent_queries import QUEUE_OPTION, IntentQueries
 
 log = structlog.get_logger("qlp.runner")
 
-# States in which an intent is work for the runner (it resumes them after a restart).
-RUNNABLE = frozenset(
-    {IntentStatus.QUEUED, IntentStatus.PLANNING, IntentStatus.EXECUTING, IntentStatus.PACKAGING}
-)
-# States a person may cancel from.
-CANCELLABLE = RUNNABLE | {IntentStatus.REVIEWING}
-# States from which a person may ask for another attempt.
-RESUMABLE = frozenset({IntentStatus.FAILED, IntentStatus.CANCELLED})
+# How long a cancel waits for the worker running the intent to record it.
+CANCEL_WAIT_S = 30.0
+# A job whose intent another (stopped) process holds tries again after this many seconds.
+BUSY_RETRY_S = 5.0
 
 
 class IntentRunner:
     def __init__(
         self,
         pipeline: Pipeline,
+        database_url: str,
         *,
         max_running: int,
         max_active_per_user: int,
+        work: bool = True,
+        queue: str = "qlp-intents",
     ) -> None:
         self.pipeline = pipeline
         self.store = pipeline.store
         self.queries = IntentQueries(pipeline.store)
         self.max_running = max_running
         self.max_active_per_user = max_active_per_user
-        # (intent id, resume): a resumed intent may start from failed or cancelled.
-        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
-        self._waiting: set[str] = set()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self.work = work  # False: an API replica, whose intents other processes' workers run
+        self.jobs = IntentJobs(database_url, self._run_one, queue)
+        self._open = False
         self._stopping = False
 
     # -- observed by /metrics and /readyz -------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return self.jobs.waiting
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self.jobs.running)
 
     @property
     def accepting(self) -> bool:
-        return bool(self._workers) and not self._stopping
+        return self._open and not self._stopping
 
     # -- life ---------------------------------------------------------------------------
     async def start(self) -> list[str]:
-        """Start the workers and queue every intent an earlier process left unfinished."""
-        resumed = await self.queries.ids_in_states(RUNNABLE)
+        """Open the job queue, give every unfinished intent without a waiting job one
+        (intents an earlier version left, or whose job was lost), and start this
+        process's worker unless it is an API replica only."""
+        await self.jobs.open()
+        self._open = True
+        unfinished = await self.queries.ids_in_states(RUNNABLE, queue=self.jobs.queue)
+        resumed = await self.jobs.without_job(unfinished)
         for intent_id in resumed:
-            self._enqueue(intent_id)
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"qlp-runner-{i}")
-            for i in range(self.max_running)
-        ]
+            await self.jobs.defer(intent_id)
+        if self.work:
+            self.jobs.start_worker(self.max_running)
         if resumed:
             log.info("runner.resumed", intents=len(resumed))
         return resumed
 
     async def stop(self) -> None:
         """Interrupt running intents without changing their state (each step is already
-        committed, so the next start resumes them) and stop the workers."""
+        committed; their jobs are deferred again for whoever works next) and close."""
         self._stopping = True
         self.pipeline.interrupting = True
-        for worker in self._workers:
-            worker.cancel()
-        running = list(self._running.values())
-        for task in running:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*self._workers, *running, return_exceptions=True)
-        self._workers = []
+        if self._open:
+            await self.jobs.close()
+        self._open = False
+
+    async def serve_jobs(self) -> None:
+        """Until the worker stops (`qlp worker`: until stop() is called)."""
+        await self.jobs.wait_worker()
 
     # -- actions ------------------------------------------------------------------------
     async def submit(self, text: str, *, options: dict[str, Any], user_id: str) -> IntentRecord:
@@ -109,84 +115,72 @@ class IntentRunner:
                     "to finish or cancel one",
                     retry_after_s=30,
                 )
-            intent = await self.pipeline.submit(text, options=options, user_id=user_id)
-        self._enqueue(intent.id)
+            intent = await self.pipeline.submit(
+                text, options={**options, QUEUE_OPTION: self.jobs.queue}, user_id=user_id
+            )
+        await self.jobs.defer(intent.id)
         return intent
 
     async def cancel(self, intent_id: str) -> IntentRecord:
         intent = await self.store.get_intent(intent_id)
-        if intent.status not in CANCELLABLE:
-            raise ConflictError(f"intent {intent_id} is {intent.status.value}; nothing to cancel")
-        task = self._running.get(intent_id)
-        if task is not None:
-            task.cancel()  # the pipeline records the cancellation as it unwinds
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(task), timeout=30)
-            intent = await self.store.get_intent(intent_id)
+        require_state(intent_id, intent.status, CANCELLABLE, "nothing to cancel")
+        if await self.jobs.abort(intent_id):
+            # Its worker, in any process, cancels the run; the pipeline records it.
+            intent = await self._until_terminal(intent_id, CANCEL_WAIT_S)
             if intent.status.is_terminal:
                 return intent
         # Waiting in the queue or for review: nothing runs, the state change is enough (a
-        # worker that later picks the id up skips it).
-        with contextlib.suppress(QLPError):
-            await self.store.set_intent_status(
-                intent_id,
-                IntentStatus.CANCELLED,
-                event_type=ev.INTENT_CANCELLED,
-                error="cancelled by the user",
-            )
+        # worker that later picks the id up skips it). The move is checked where it is
+        # written: a decision that moved the intent since it was read (rejected, say) makes
+        # this a TransitionError, a 409 for the caller, never a silent success.
+        await self.store.set_intent_status(
+            intent_id,
+            IntentStatus.CANCELLED,
+            event_type=ev.INTENT_CANCELLED,
+            error="cancelled by the user",
+        )
         return await self.store.get_intent(intent_id)
 
     async def resume(self, intent_id: str) -> IntentRecord:
         intent = await self.store.get_intent(intent_id)
-        if intent.status not in RESUMABLE:
-            raise ConflictError(
-                f"intent {intent_id} is {intent.status.value}; only failed or cancelled "
-                "intents can be resumed"
-            )
-        self._enqueue(intent_id, resume=True)
+        require_state(
+            intent_id, intent.status, RESUMABLE, "only failed or cancelled intents can be resumed"
+        )
+        await self.jobs.defer(intent_id, resume=True)
         return intent
 
-    async def decide(
-        self,
-        intent_id: str,
-        decision: str,
-        *,
-        actor: str,
-        reason: str | None,
-        tasks: Sequence[str],
-    ) -> IntentRecord:
-        intent = await self.pipeline.decide(
-            intent_id, decision, actor=actor, reason=reason, tasks=tasks, run_after=False
-        )
-        if intent.status in RUNNABLE:
-            self._enqueue(intent_id)
-        return intent
+    async def decide(self, intent_id: str, decision: Decision, *, actor: str) -> IntentRecord:
+        """Record the decision; its continuation (packaging, the tasks again) is queued like
+        any other work, so the request returns at once."""
+        decided = await self.pipeline.decide(intent_id, decision, actor=actor)
+        if decided.next is not None:
+            await self.jobs.defer(intent_id)
+        return decided.intent
 
     # -- work ---------------------------------------------------------------------------
-    def _enqueue(self, intent_id: str, *, resume: bool = False) -> None:
-        if intent_id in self._waiting or intent_id in self._running:
-            return
-        self._waiting.add(intent_id)
-        self._queue.put_nowait((intent_id, resume))
-
-    async def _worker(self) -> None:
+    async def _until_terminal(self, intent_id: str, timeout_s: float) -> IntentRecord:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
-            intent_id, resume = await self._queue.get()
-            self._waiting.discard(intent_id)
-            task = asyncio.create_task(self._run_one(intent_id, resume), name=intent_id)
-            self._running[intent_id] = task
-            try:
-                await asyncio.wait([task])
-            finally:
-                self._running.pop(intent_id, None)
+            intent = await self.store.get_intent(intent_id)
+            if intent.status.is_terminal or asyncio.get_running_loop().time() > deadline:
+                return intent
+            if not await self.jobs.is_running(intent_id):
+                return await self.store.get_intent(intent_id)
+            await asyncio.sleep(0.05)
 
     async def _run_one(self, intent_id: str, resume: bool) -> None:
+        """One job: run the intent to its next stop."""
         intent = await self.store.get_intent(intent_id)
-        allowed = RUNNABLE | RESUMABLE if resume else RUNNABLE
+        allowed = STARTABLE if resume else RUNNABLE
         if intent.status not in allowed:
             return  # cancelled while it waited, or decided elsewhere
         try:
             await self.pipeline.run(intent_id)
+        except IntentBusyError:
+            # A process stopped (not dead) while it ran this intent still holds it: try
+            # again later; whichever of the two gets it continues from committed state.
+            log.warning("runner.intent_busy", intent_id=intent_id)
+            await self.jobs.defer(intent_id, resume=resume, after_s=BUSY_RETRY_S)
         except QLPError as exc:
             log.warning("runner.intent_stopped", intent_id=intent_id, error=exc.message)
         except asyncio.CancelledError:

@@ -30,8 +30,8 @@ from qlp.domain.artifacts import FileLimits
 from qlp.domain.events import Event
 from qlp.engine.events import EventBus
 from qlp.engine.pipeline import EngineConfig, Pipeline
-from qlp.engine.quality import Quality, QualityConfig
-from qlp.errors import ConfigError
+from qlp.engine.quality import CapsuleIdentity, Quality, QualityConfig
+from qlp.errors import ConfigError, UserInputError
 from qlp.llm.anthropic_provider import AnthropicClient
 from qlp.llm.base import LLMClient, LLMRequest, LLMResponse
 from qlp.llm.openai_compat import OpenAICompatClient
@@ -303,6 +303,7 @@ class Runtime:
     settings: Settings
     store: Store
     bus: EventBus
+    database_url: str = ""  # the one in use (the embedded server's, when not configured)
     _llm: LLMClient | None = field(default=None, repr=False)
 
     def llm(self) -> LLMClient:
@@ -316,14 +317,20 @@ class Runtime:
         need_llm: bool = True,
         llm: LLMClient | None = None,
         sandbox_observer: Observer | None = None,
+        replay: CapsuleIdentity | None = None,
     ) -> Pipeline:
         """`need_llm=False` (review decisions that re-run nothing): a missing model setting
-        only matters if a model is actually called."""
+        only matters if a model is actually called. `replay` (`qlp replay`): the capsule is
+        rebuilt under the original's identity, to the file it names; needs validation."""
         quality = (
             make_quality(self.settings, self.store, sandbox_observer)
             if self.settings.validation_enabled
             else None
         )
+        if replay is not None:
+            if quality is None:
+                raise UserInputError("replay needs validation, which is off (QLP_VALIDATE=false)")
+            quality = Quality(self.store, quality.config, replay=replay)
         if llm is None:
             llm = self.llm() if need_llm or self.settings.llm_provider else _Unconfigured()
         return Pipeline(self.store, llm, engine_config(self.settings), quality)
@@ -405,7 +412,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
             log_events(events)
             await bus.publish(events)
 
-        runtime = Runtime(settings=settings, store=Store(engine, sink), bus=bus)
+        runtime = Runtime(settings=settings, store=Store(engine, sink), bus=bus, database_url=url)
         try:
             yield runtime
         finally:

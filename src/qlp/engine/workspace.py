@@ -7,6 +7,11 @@ with O_NOFOLLOW, and each file is written to a temporary name and renamed into p
 It can also leave a FIFO, a socket or a device where a file was: a read goes through
 `qlp.safefiles` (non-blocking open, refused unless it is a regular file), and the temporary
 file of a write is created exclusively, so neither can wait for ever on what the tree holds.
+
+The tree on disk is this host's copy, not the truth: the `files` table names each path's
+sha256 and the blob store holds the bytes, so any host rebuilds it (`stale` says what is
+missing or differs; the pipeline writes those from the blob store before it works on an
+intent). Files the sandbox made that no task wrote (build output, caches) are left alone.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from qlp.errors import UnsafePathError
 from qlp.safefiles import DIR_FLAGS as _DIR_FLAGS
-from qlp.safefiles import kind_of, open_in_tree
+from qlp.safefiles import kind_of, open_in_tree, read_in_tree
 
 # Created exclusively and never waiting: a FIFO planted at the temporary name is not opened.
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -77,7 +82,9 @@ class Workspace:
         return fd, parts[-1]
 
     def write(self, rel: str, content: str) -> WrittenFile:
-        data = content.encode("utf-8")
+        return self.write_bytes(rel, content.encode("utf-8"))
+
+    def write_bytes(self, rel: str, data: bytes) -> WrittenFile:
         dir_fd, name = self._open_parent(rel, create=True)
         tmp = f".{name}.qlp-tmp-{os.getpid()}"
         try:
@@ -113,6 +120,24 @@ class Workspace:
         Blocking file I/O: async code calls it in a thread (asyncio.to_thread)."""
         with open_in_tree(self.root, rel) as fh:
             return fh.read().decode("utf-8", errors="replace")
+
+    def stale(self, files: Mapping[str, str]) -> list[str]:
+        """The paths of `files` (path -> sha256) whose copy here is missing or differs (or
+        cannot be read as a regular file without following a link)."""
+        out = []
+        for rel, digest in sorted(files.items()):
+            try:
+                data = read_in_tree(self.root, rel)
+            except (OSError, UnsafePathError):
+                out.append(rel)
+                continue
+            if hashlib.sha256(data).hexdigest() != digest:
+                out.append(rel)
+        return out
+
+    def write_all_bytes(self, files: Sequence[tuple[str, bytes]]) -> list[WrittenFile]:
+        """Write files in order; the first failure is raised."""
+        return [self.write_bytes(rel, data) for rel, data in files]
 
     def write_all(
         self, files: Sequence[tuple[str, str]]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, func, or_, select, tuple_
 
 from qlp.domain.states import IntentStatus
 from qlp.errors import UserInputError
@@ -22,6 +22,9 @@ from qlp.store.reviews import CapsuleRecord, capsule_record
 
 MAX_PAGE = 200
 T = TypeVar("T")
+
+# The option an intent records the job queue it was submitted to in (engine/jobs.py).
+QUEUE_OPTION = "qlp.queue"
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,19 @@ class IntentQueries:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def ids_in_states(self, states: Iterable[IntentStatus]) -> list[str]:
+    async def ids_in_states(
+        self, states: Iterable[IntentStatus], *, queue: str | None = None
+    ) -> list[str]:
+        """Ids of the intents in `states`, oldest first; with `queue`, only those submitted
+        to that job queue (or before queues were recorded)."""
         query = (
             select(t.intents.c.id)
             .where(t.intents.c.status.in_([s.value for s in states]))
             .order_by(t.intents.c.created_at, t.intents.c.id)
         )
+        if queue is not None:
+            recorded = t.intents.c.options[QUEUE_OPTION].astext
+            query = query.where(or_(recorded.is_(None), recorded == queue))
         async with self.store.autocommit.connect() as conn:
             return list((await conn.execute(query)).scalars())
 

@@ -33,7 +33,7 @@ from qlp.domain.states import (
     check_task_transition,
     sources_of,
 )
-from qlp.errors import NotFoundError, UserInputError
+from qlp.errors import IntentBusyError, NotFoundError
 from qlp.llm.base import CallRecord
 from qlp.store import schema as t
 from qlp.store import statements as st
@@ -93,8 +93,8 @@ class Store:
             got = (
                 await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
             ).scalar_one()
-            if not got:
-                raise UserInputError(
+            if not got:  # a conflict with what is going on (409), not a bad request
+                raise IntentBusyError(
                     f"intent {intent_id} is being run by another QLP process; wait for it "
                     "to finish or stop it first"
                 )
@@ -214,7 +214,7 @@ class Store:
             ).one_or_none()
             if current is None:
                 raise NotFoundError(f"no intent {intent_id}")
-            check_intent_transition(IntentStatus(current.status), status)
+            check_intent_transition(IntentStatus(current.status), status, intent_id)
             now = utcnow()
             values: dict[str, Any] = {"status": status.value, "updated_at": now, "error": error}
             if current.started_at is None and status != IntentStatus.QUEUED:
@@ -229,6 +229,14 @@ class Store:
             )
         await self.publish(events)
         return events[0]
+
+    async def move_workspace(self, intent_id: str, workspace: str) -> None:
+        """Records where the intent's workspace now is (the host that works on it last);
+        informational: its files are rebuilt from the blob store wherever it runs."""
+        async with self.autocommit.connect() as conn:
+            await conn.execute(
+                update(t.intents).where(t.intents.c.id == intent_id).values(workspace=workspace)
+            )
 
     async def get_intent(self, intent_id: str) -> IntentRecord:
         async with self.autocommit.connect() as conn:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -289,4 +290,14 @@ rate_counters = Table(
     Column("window_start", BigInteger, primary_key=True, autoincrement=False),
     Column("hits", Integer, nullable=False),
     prefixes=["UNLOGGED"],
+)
+
+# File contents by sha256 (store/blobs.py): what the `files` table names, on every host.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

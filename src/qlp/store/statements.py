@@ -11,14 +11,32 @@ PostgreSQL executes it, never across a round trip to Python.
 
 from __future__ import annotations
 
+# The channel every process LISTENs on (engine/relay.py) to hear of events it did not commit.
+EVENTS_CHANNEL = "qlp_events"
+
 # Numbers and inserts events given as a JSON array [{"type", "payload"}, ...]; used by all
 # statements below as their tail. `s` must return the new event_seq.
-_EVENTS_TAIL = """
+#
+# The same statement NOTIFYs `qlp_events` with "<intent id> <first seq> <last seq>" (never
+# the bodies: the payload limit is 8000 bytes). PostgreSQL delivers it at commit, so a
+# listener never hears of rows it cannot yet read, and no notice goes out for a rollback.
+# `n` is a CTE of a volatile function, so it is evaluated once, not once per event row; the
+# INSERT references it so that it runs at all (an unreferenced SELECT CTE would not).
+_EVENTS_TAIL = (
+    """
+    WITH n AS (
+        SELECT pg_notify('"""
+    + EVENTS_CHANNEL
+    + """', CAST(%(intent_id)s AS text) || ' '
+                         || (s.event_seq - %(n_events)s + 1) || ' ' || s.event_seq)
+        FROM s
+    )
     INSERT INTO events (intent_id, seq, type, at, payload)
     SELECT CAST(%(intent_id)s AS varchar), s.event_seq - %(n_events)s + e.ord,
            e.value->>'type', CAST(%(now)s AS timestamptz), e.value->'payload'
-    FROM s, jsonb_array_elements(CAST(%(events)s AS jsonb)) WITH ORDINALITY AS e(value, ord)
+    FROM s, n, jsonb_array_elements(CAST(%(events)s AS jsonb)) WITH ORDINALITY AS e(value, ord)
 """
+)
 
 # Move tasks to a new status (all of them or none: every task must be in an allowed source
 # state), upsert the files they wrote, and record the events. Returns ok and event_seq.

@@ -158,12 +158,40 @@ def test_cancel_resume_and_the_active_intent_cap(solo: ApiServer) -> None:
         r = c.post(f"/intents/{second}/cancel")  # still waiting in the queue
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         again = c.post(f"/intents/{second}/cancel")
-        assert again.status_code == 409 and again.json()["code"] == "conflict"
+        assert again.status_code == 409 and again.json()["code"] == "invalid_state"
         assert c.post(f"/intents/{first}/resume").status_code == 200
     final = solo.wait_status(token, first, {"completed", "failed"})
     assert final["status"] == "completed"
     events = [e["type"] for e in _events(solo, token, first)]
     assert "intent.cancelled" in events and "intent.resumed" in events
+
+
+def test_refused_state_moves_are_409_problems_never_500(api: ApiServer) -> None:
+    """Cancel, resume or decide on an intent whose state does not allow it: 409
+    `invalid_state` problem+json naming the state it is in (a decision was a 400, and a
+    decision that lost a race to a cancel a 500: tests/integration/test_review_flow.py)."""
+    token = api.token("bob", PASSWORD)
+    with api.client(token) as c:
+        intent_id = c.post("/intents", json={"text": "done soon"}).json()["id"]
+    api.wait_status(token, intent_id, {"completed"})
+    with api.client(token) as c:
+        for action, body in [
+            ("cancel", None),
+            ("resume", None),
+            ("review", {"decision": "approve"}),
+            ("review", {"decision": "reject", "reason": "too late"}),
+            ("review", {"decision": "request_changes", "reason": "more", "tasks": ["QL-DEV-001"]}),
+        ]:
+            r = c.post(f"/intents/{intent_id}/{action}", json=body)
+            assert r.status_code == 409, (action, body, r.status_code, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            problem = r.json()
+            assert problem["code"] == "invalid_state" and problem["current_status"] == "completed"
+            assert problem["detail"].startswith(f"intent {intent_id} is completed; "), problem
+        # A decision that is wrong in itself stays a 400, whatever the state.
+        r = c.post(f"/intents/{intent_id}/review", json={"decision": "approve", "tasks": ["x"]})
+        assert r.status_code == 400 and "takes no tasks" in r.json()["detail"]
+        assert c.get(f"/intents/{intent_id}").json()["status"] == "completed"
 
 
 def test_token_budget_stops_the_intent_with_a_clear_reason(

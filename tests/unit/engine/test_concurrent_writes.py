@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -69,7 +70,19 @@ def _run(tmp_path: Path, *task_ids: str) -> _IntentRun:
         {"tasks": [{"id": t, "type": "codegen", "title": t} for t in task_ids]}
     )
     intent = SimpleNamespace(id="QLI-TEST", workspace=str(tmp_path))
-    return _IntentRun(SimpleNamespace(store=None), intent, plan, {})  # type: ignore[arg-type]
+    pipeline = SimpleNamespace(store=None, blobs=_Blobs())
+    return _IntentRun(pipeline, intent, plan, {})  # type: ignore[arg-type]
+
+
+class _Blobs:
+    """Where the written contents would go (engine/pipeline.py `_write_after`)."""
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+
+    async def put(self, contents: Iterable[bytes]) -> list[str]:
+        self.stored += contents
+        return []
 
 
 async def test_same_path_written_at_once_lands_in_claim_order(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from qlp.api.context import Service, service
 from qlp.api.inputs import EventSeq, Text
 from qlp.api.schemas import (
+    RESERVED_OPTION_PREFIX,
     EventOut,
     FileOut,
     IntentDetail,
@@ -26,6 +27,7 @@ from qlp.api.schemas import (
 from qlp.api.security import caller, owner_filter, require_act, require_read, writer
 from qlp.auth.base import Principal
 from qlp.domain.artifacts import PathRuleError, check_relative_path
+from qlp.domain.decisions import parse_decision
 from qlp.domain.ids import is_intent_id
 from qlp.domain.states import IntentStatus
 from qlp.engine.workspace import Workspace
@@ -59,7 +61,8 @@ def summary(i: IntentRecord) -> IntentSummary:
         text=i.text,
         status=i.status.value,
         user_id=i.user_id,
-        options=i.options,
+        # The client's own options; QLP's (qlp.llm, qlp.queue) are its business.
+        options={k: v for k, v in i.options.items() if not k.startswith(RESERVED_OPTION_PREFIX)},
         created_at=i.created_at,
         updated_at=i.updated_at,
         finished_at=i.finished_at,
@@ -203,14 +206,8 @@ async def review(
 ) -> IntentSummary:
     await actionable_intent(svc, principal, intent_id)
     _note(request, intent_id=intent_id, decision=body.decision, tasks=body.tasks)
-    decided = await svc.runner.decide(
-        intent_id,
-        body.decision,
-        actor=principal.username,
-        reason=body.reason,
-        tasks=body.tasks,
-    )
-    return summary(decided)
+    decision = parse_decision(body.decision, reason=body.reason, tasks=body.tasks)
+    return summary(await svc.runner.decide(intent_id, decision, actor=principal.username))
 
 
 @router.get("/{intent_id}/files", name="intent.files", response_model=list[FileOut])
@@ -227,20 +224,28 @@ async def files(intent_id: IntentId, principal: Caller, svc: Svc) -> list[FileOu
     responses={200: {"content": {"text/plain": {}}, "description": "The file's text"}},
 )
 async def file(intent_id: IntentId, path: str, principal: Caller, svc: Svc) -> Response:
-    """Only a path the intent's tasks wrote (as recorded in the database) is served, read from
-    the workspace (in a thread) without following links. If code run in the sandbox left a
-    FIFO, socket, device, symlink or folder at that path, the answer is 409 naming it: the
-    open does not wait on a FIFO, so neither the request nor its thread is held."""
+    """Only a path the intent's tasks wrote (as recorded in the database) is served, with the
+    content the task wrote (from the blob store; the workspace on disk is not read, so
+    nothing code run in the sandbox left there, a FIFO or a symlink, is opened). For an
+    intent from before contents were stored, the file is read from this host's workspace
+    without following links, and a FIFO, socket, device, symlink or folder at that path
+    answers 409 naming it."""
     intent = await visible_intent(svc, principal, intent_id)
     missing = NotFoundError(f"intent {intent_id} has no file {path[:200]!r}")
     try:
         rel = check_relative_path(path, max_length=svc.settings.max_path_length)
     except PathRuleError:
         raise missing from None
-    known = await svc.runtime.store.get_files(intent_id)
-    if rel not in known:
+    record = (await svc.runtime.store.get_files(intent_id)).get(rel)
+    if record is None:
         raise missing
-    try:
+    # What the task wrote, from the blob store: the same on every API process and host,
+    # whatever code run in the sandbox did to the workspace since.
+    stored = (await svc.blobs.get([record.sha256])).get(record.sha256)
+    if stored is not None:
+        text = stored.decode("utf-8", errors="replace")
+        return Response(text, media_type="text/plain; charset=utf-8", headers=_FILE_HEADERS)
+    try:  # an intent from before file contents were stored: its workspace on this host
         text = await asyncio.to_thread(Workspace(Path(intent.workspace)).read, rel)
     except NotRegularFileError as exc:
         raise ConflictError(

@@ -4,6 +4,8 @@ The subscription to the bus is taken before the backlog is read, so an event com
 while the backlog is being sent is not missed; anything already sent (seq <= last) is
 dropped, and a gap (two transactions publishing out of order) is filled from the database.
 So a client reconnecting with the last seq it saw gets neither a gap nor a duplicate.
+The bus carries the events of every process (engine/relay.py hears of the others' commits
+by LISTEN/NOTIFY), already in order and once each; the checks here stay as the last word.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ async def _follow(
 
     backlog = await store.list_events(intent_id, after)
     ended = await send(backlog)
+    # Gives the bus a point to read on from if this process's listener hears of events
+    # committed elsewhere (engine/relay.py) before any reached this intent's subscribers.
+    svc.runtime.bus.caught_up(intent_id, last)
     if (ended or final) and queue.empty():
         await websocket.close(code=1000)
         return

@@ -1,0 +1,184 @@
+"""Intent runs as jobs on procrastinate, in the QLP database (docs/ARCHITECTURE.md, "Jobs").
+
+One job runs one intent to its next stop (done, failed, cancelled, waiting for review). A
+job carries procrastinate's `lock` = the intent id, so two jobs of one intent never run at
+once on any worker, and its `queueing_lock` = the intent id, so at most one waits. A review
+wait holds no job: the decision defers the continuation.
+
+- Cancel: the job is aborted through procrastinate (a NOTIFY to every worker); the worker
+  that runs it cancels the run's asyncio task, and the pipeline records the cancellation.
+- Stop (SIGTERM): running jobs are aborted for shutdown; the pipeline keeps each intent's
+  state (every step is committed) and a new job is deferred, which another worker, or this
+  one after its restart, takes.
+- A worker that dies (SIGKILL, a lost host) stops sending heartbeats. Every worker sweeps
+  every `SWEEP_S` seconds: a job whose worker has not beaten for `STALL_S` seconds is failed
+  (its row, not retried: the dead worker's late finish must not touch a new run) and a new
+  job is deferred for its intent. Succeeded tasks are not re-run (the pipeline resumes from
+  committed state); a model call in flight may be repeated once (the transcript has both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from procrastinate import App, JobContext, PsycopgConnector
+from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.job_context import AbortReason
+from procrastinate.jobs import Status
+from procrastinate.worker import Worker
+from sqlalchemy.engine import make_url
+
+log = structlog.get_logger("qlp.jobs")
+
+TASK = "qlp.run_intent"
+# A worker beats every HEARTBEAT_S; one silent for STALL_S is taken for dead.
+HEARTBEAT_S = 5.0
+STALL_S = 20.0
+SWEEP_S = 5.0
+
+# What a job runs: (intent id, resume) -> None. resume: a failed or cancelled intent may start.
+RunIntent = Callable[[str, bool], Awaitable[None]]
+
+
+def conninfo(database_url: str) -> str:
+    """A libpq connection string from QLP's SQLAlchemy database URL."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class IntentJobs:
+    """The job queue of intents: defer, abort, run a worker, sweep stalled jobs."""
+
+    def __init__(self, database_url: str, run: RunIntent, queue: str = "qlp-intents") -> None:
+        self._run = run
+        self.queue = queue
+        connector = PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=4)
+        self.app = App(connector=connector)
+        self._task = self.app.task(name=TASK, queue=queue, pass_context=True)(self._job)
+        self._worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.running: dict[int, str] = {}  # job id -> intent id, on this process's worker
+        self.waiting = 0  # jobs of the queue not started yet (as of the last sweep)
+
+    async def open(self) -> None:
+        await self.app.open_async()
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        await self.app.close_async()
+
+    # -- the queue ---------------------------------------------------------------------------
+    async def defer(self, intent_id: str, *, resume: bool = False, after_s: float = 0) -> None:
+        """A job for the intent (starting `after_s` seconds from now), unless one is
+        waiting already."""
+        options: dict[str, object] = {"lock": intent_id, "queueing_lock": intent_id}
+        if after_s:
+            options["schedule_in"] = {"seconds": after_s}
+        deferrer = self._task.configure(**options)  # type: ignore[arg-type]
+        with contextlib.suppress(AlreadyEnqueued):
+            await deferrer.defer_async(intent_id=intent_id, resume=resume)
+
+    async def _jobs_of(self, intent_id: str, status: str) -> list[int]:
+        jobs = await self.app.job_manager.list_jobs_async(
+            queue=self.queue, lock=intent_id, status=status
+        )
+        return [int(j.id) for j in jobs if j.id is not None]
+
+    async def abort(self, intent_id: str) -> bool:
+        """Asks the worker running the intent's job to stop it, and drops a waiting job.
+        True if a job was running."""
+        for job_id in await self._jobs_of(intent_id, "todo"):
+            await self.app.job_manager.cancel_job_by_id_async(job_id, delete_job=True)
+        running = await self._jobs_of(intent_id, "doing")
+        for job_id in running:
+            await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
+        return bool(running)
+
+    async def is_running(self, intent_id: str) -> bool:
+        return bool(await self._jobs_of(intent_id, "doing"))
+
+    async def without_job(self, intent_ids: list[str]) -> list[str]:
+        """Those of `intent_ids` that have no job waiting or running, in any queue."""
+        held = {
+            str(job.lock)
+            for status in ("todo", "doing")
+            for job in await self.app.job_manager.list_jobs_async(status=status)
+        }
+        return [i for i in intent_ids if i not in held]
+
+    # -- the worker --------------------------------------------------------------------------
+    async def _job(self, context: JobContext, intent_id: str, resume: bool = False) -> None:
+        job_id = int(context.job.id or 0)
+        self.running[job_id] = intent_id
+        try:
+            await self._run(intent_id, resume)
+        except asyncio.CancelledError:
+            if context.abort_reason() == AbortReason.SHUTDOWN:
+                # The intent keeps its state; whoever works next continues it.
+                await asyncio.shield(self.defer(intent_id))
+            raise
+        finally:
+            self.running.pop(job_id, None)
+
+    def start_worker(self, concurrency: int, *, name: str | None = None) -> None:
+        self._worker = Worker(
+            self.app,
+            queues=[self.queue],
+            name=name,
+            concurrency=concurrency,
+            install_signal_handlers=False,
+            shutdown_graceful_timeout=0,  # a run stops at once; its state is committed
+            update_heartbeat_interval=HEARTBEAT_S,
+            stalled_worker_timeout=STALL_S,
+            delete_jobs="successful",
+        )
+        run = self._worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it untyped
+        self._worker_task = asyncio.create_task(run, name="qlp-worker")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="qlp-job-sweeper")
+
+    async def wait_worker(self) -> None:
+        if self._worker_task is not None:
+            await self._worker_task
+
+    async def stop_worker(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeper
+            self._sweeper = None
+        if self._worker is not None and self._worker_task is not None:
+            self._worker.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(BaseException):
+                await self._worker_task
+        self._worker = self._worker_task = None
+
+    # -- stalled jobs ------------------------------------------------------------------------
+    async def sweep(self) -> list[str]:
+        """Fails every job whose worker stopped beating and defers a new one for its
+        intent; returns those intents."""
+        manager = self.app.job_manager
+        stalled = await manager.get_stalled_jobs(queue=self.queue, seconds_since_heartbeat=STALL_S)
+        taken: list[str] = []
+        for job in stalled:
+            if job.id is None:
+                continue
+            intent_id = str(job.task_kwargs.get("intent_id"))
+            await manager.finish_job_by_id_async(job.id, status=Status.FAILED, delete_job=False)
+            await self.defer(intent_id, resume=bool(job.task_kwargs.get("resume")))
+            log.warning("jobs.stalled_job_taken_over", intent_id=intent_id, job_id=job.id)
+            taken.append(intent_id)
+        await manager.prune_stalled_workers(seconds_since_heartbeat=STALL_S)
+        self.waiting = len(list(await manager.list_jobs_async(queue=self.queue, status="todo")))
+        return taken
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the next round tries again
+                log.exception("jobs.sweep_failed")
+            await asyncio.sleep(SWEEP_S)
