@@ -69,27 +69,13 @@ async def record_decision(
                 )
                 if blocked:
                     raise UserInputError(f"cannot approve: {blocked}")
-                made = await quality.reviews.decide(
-                    intent_id,
-                    current.round,
-                    decision=decision.kind,
-                    actor=actor,
-                    reason=decision.reason,
-                    tasks=[],
-                )
+                made = await _record(quality, intent_id, current.round, decision, actor)
                 await store.set_intent_status(
                     intent_id, IntentStatus.PACKAGING, event_type=ev.INTENT_PACKAGING
                 )
                 then: Continuation | None = Continuation.PACKAGE
             case Reject():
-                made = await quality.reviews.decide(
-                    intent_id,
-                    current.round,
-                    decision=decision.kind,
-                    actor=actor,
-                    reason=decision.reason,
-                    tasks=[],
-                )
+                made = await _record(quality, intent_id, current.round, decision, actor)
                 await store.set_intent_status(
                     intent_id,
                     IntentStatus.REJECTED,
@@ -102,6 +88,14 @@ async def record_decision(
                 made = await _changes(store, quality, here, current.round, decision, actor)
                 then = Continuation.RERUN
         return Decided(await store.get_intent(intent_id), made, then)
+
+
+async def _record(
+    quality: Quality, intent_id: str, round_: int, decision: Approve | Reject, actor: str
+) -> DecisionRecord:
+    return await quality.reviews.decide(
+        intent_id, round_, decision=decision.kind, actor=actor, reason=decision.reason, tasks=[]
+    )
 
 
 async def _changes(

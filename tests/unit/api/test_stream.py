@@ -12,6 +12,7 @@ from typing import Any
 
 from qlp.api.routes.stream import _follow
 from qlp.domain.events import Event
+from qlp.engine.events import EventBus
 
 INTENT = "QLI-01J00000000000000000000000"
 
@@ -57,7 +58,8 @@ class _Socket:
 
 def _service(store: _Store) -> Any:
     return SimpleNamespace(
-        runtime=SimpleNamespace(store=store), settings=SimpleNamespace(stream_heartbeat_s=5)
+        runtime=SimpleNamespace(store=store, bus=EventBus()),
+        settings=SimpleNamespace(stream_heartbeat_s=5),
     )
 
 
