@@ -45,6 +45,8 @@ with a stable `code`. See docs/API.md."""
 
 # How often old rate-limit windows are deleted (any API process may do it).
 COUNTER_PRUNE_S = 60.0
+# How often the refusal counts of finished minutes are written to the audit log.
+REFUSALS_FLUSH_S = 5.0
 
 
 async def _every(seconds: float, work: Callable[[], Awaitable[object]]) -> None:
@@ -97,8 +99,9 @@ def create_app(
         pruner = asyncio.create_task(_every(COUNTER_PRUNE_S, counters.prune))
         stack.push_async_callback(_cancelled, pruner)
         refusals = RefusalTally(audit)
-        refusals.start()
-        stack.push_async_callback(refusals.stop)
+        stack.push_async_callback(refusals.flush, everything=True)  # after the flusher stops
+        flusher = asyncio.create_task(_every(REFUSALS_FLUSH_S, refusals.flush))
+        stack.push_async_callback(_cancelled, flusher)
         app.state.service = Service(
             settings=settings,
             runtime=rt,

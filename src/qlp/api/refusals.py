@@ -12,8 +12,6 @@ interval of refusals; no request that changed anything is among them).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,11 +48,12 @@ _Key = tuple[int, str, str, str, int, str]  # window, action, actor, outcome, st
 
 
 class RefusalTally:
-    def __init__(self, audit: AuditStore, *, flush_every_s: float = 5.0) -> None:
+    """Counts refusals; `flush` writes them (the app calls it every few seconds, and with
+    `everything` when it stops)."""
+
+    def __init__(self, audit: AuditStore) -> None:
         self.audit = audit
-        self.flush_every_s = flush_every_s
         self._counts: dict[_Key, _Count] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def note(self, entry: AuditEntry, now: float | None = None) -> None:
         at = time.time() if now is None else now
@@ -112,18 +111,3 @@ class RefusalTally:
             except Exception:
                 log.exception("audit.refusals_append_failed", action=action, count=counted.count)
         return written
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_every_s)
-            await self.flush()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush(everything=True)
