@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     # The job queue this deployment's servers and workers share (engine/jobs.py). Processes
     # on one database with different queues leave each other's intents alone.
     job_queue: str = Field(default="qlp-intents", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    # A worker (or any process running an intent) silent this long is taken for dead: its
+    # jobs are taken over and its leases on intents may be claimed (engine/jobs.py,
+    # store/leases.py). It beats and renews every quarter of this.
+    worker_stall_s: float = Field(default=20.0, ge=2, le=3600)
     # Intents one user may have unfinished (queued, planning, executing, packaging) at once.
     user_max_active_intents: int = Field(default=5, ge=1)
     # Largest JSON request body; a capsule upload to /capsules/verify has its own limit.

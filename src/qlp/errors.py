@@ -111,3 +111,8 @@ class LimitExceededError(UserInputError):
 class IntentBusyError(ConflictError):
     """Another QLP process holds the intent (it runs it now, or is stopped while it did);
     a job meeting this waits and tries again."""
+
+
+class LeaseLostError(ConflictError):
+    """This process's lease on an intent ended (it was paused or cut off long enough for
+    another process to take the intent over): the write was refused, and the run stops."""

@@ -2,7 +2,9 @@
 nothing (`qlp serve --no-worker`) and `qlp worker` processes that run its intents; a cancel
 reaches the worker that runs the intent; a worker killed mid-intent is taken over by
 another (after its heartbeat goes silent) without re-running a task that succeeded; a
-worker stopped with SIGTERM hands its intent back at once; `qlp workers` says who is alive."""
+worker stopped with SIGTERM hands its intent back at once; a worker paused (SIGSTOP) long
+enough to be taken over writes nothing once it continues (its lease is gone) and keeps
+serving; `qlp workers` says who is alive."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def llm() -> Iterator[FakeLLMServer]:
 @pytest.fixture
 def api(tmp_path: Path, db_url: str, llm: FakeLLMServer) -> Iterator[ApiServer]:
     env = server_env(tmp_path, db_url, llm.base_url)
+    env["QLP_WORKER_STALL_S"] = "4"  # a silent worker is taken over after 4 s, not 20
     server = ApiServer(env, cwd=tmp_path, args=("--no-worker",))
     server.create_user("wendy", PASSWORD, "member")
     with running(server):
@@ -149,3 +152,46 @@ def test_another_worker_takes_over_without_re_running_succeeded_tasks(
         if e["type"] == "task.succeeded"
     )
     assert succeeded == {"QL-DEV-001": 1, "QL-DEV-002": 1, "QL-DOC-003": 1}
+
+
+@pytest.mark.slow
+def test_a_paused_worker_taken_over_writes_nothing_when_it_continues(api: ApiServer) -> None:
+    token = api.token("wendy", PASSWORD)
+    first = Worker(api.env, api.cwd, "paused")
+    second: Worker | None = None
+    try:
+        intent_id = _submit(api, token, "survive a paused worker")
+        _wait_event(api, token, intent_id, "task.started")  # a model call in flight
+        first.proc.send_signal(signal.SIGSTOP)
+        second = Worker(api.env, api.cwd, "taker")
+        # The second worker finds the job stalled, waits out the lease, and continues.
+        _wait_event(api, token, intent_id, "task.requeued")
+        first.proc.send_signal(signal.SIGCONT)
+        final = api.wait_status(token, intent_id, {"completed", "failed"}, timeout=180)
+        assert final["status"] == "completed", final
+        # The paused worker noticed and stopped working on it; it still serves.
+        deadline = time.monotonic() + 30
+        while "lease.lost" not in first.log.read_text():
+            assert time.monotonic() < deadline, first.log.read_text()
+            time.sleep(0.1)
+        assert first.proc.poll() is None
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+        assert first.stop() == 0, first.log.read_text()
+        if second is not None:
+            assert second.stop() == 0, second.log.read_text()
+    events = _events(api, token, intent_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    taken_at = next(k for k, e in enumerate(events) if e["type"] == "task.requeued")
+    started = Counter(
+        str(e["payload"]["task_id"])  # type: ignore[index]
+        for e in events[taken_at:]
+        if e["type"] == "task.started"
+    )
+    succeeded = Counter(
+        str(e["payload"]["task_id"])  # type: ignore[index]
+        for e in events
+        if e["type"] == "task.succeeded"
+    )
+    assert succeeded == {"QL-DEV-001": 1, "QL-DEV-002": 1, "QL-DOC-003": 1}
+    assert set(started) == {"QL-DEV-001", "QL-DEV-002", "QL-DOC-003"}  # all by the taker

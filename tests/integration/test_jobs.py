@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from qlp.engine import jobs as jobs_module
 from qlp.engine.jobs import IntentJobs
 from qlp.store.db import connect
 
@@ -148,7 +147,7 @@ async def test_a_job_whose_worker_went_silent_is_failed_and_deferred_again(
         assert await jobs.sweep() == ["QL-INT-E"]
         assert await _statuses(jobs, "QL-INT-E") == ["failed", "todo"]
         assert await jobs.sweep() == []  # once
-        monkeypatch.setattr(jobs_module, "SWEEP_S", 0.05)
+        jobs.sweep_s = 0.05
         jobs.start_worker(1)
         await _until(lambda: recorder.finished == ["QL-INT-E"])
         assert recorder.started == [("QL-INT-E", True)]

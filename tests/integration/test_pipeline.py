@@ -419,7 +419,6 @@ async def test_statements_arriving_together_commit_together_a_bad_one_fails_alon
 ) -> None:
     from qlp.domain import events as ev
     from qlp.domain.plan import Plan
-    from qlp.llm.base import CallRecord, LLMRequest, Message
     from qlp.store import repository
 
     batches: list[int] = []
@@ -439,21 +438,13 @@ async def test_statements_arriving_together_commit_together_a_bad_one_fails_alon
             intent.id, IntentStatus.PLANNING, event_type=ev.INTENT_PLANNING
         )
         await store.save_plan(intent.id, plan, ids)
-        # A call record of an intent that does not exist breaks the foreign key.
-        orphan = CallRecord(
-            request=LLMRequest(messages=(Message("user", "hi"),)),
-            response=None,
-            error="boom",
-            provider="openai",
-            model="m",
-            latency_s=0.1,
-        )
         results = await asyncio.gather(
             *(
                 store.set_task_status(intent.id, t, TaskStatus.RUNNING, event_type="task.started")
                 for t in ids[:4]
             ),
-            store.record_llm_call("QLI-NOPE", None, orphan),
+            # An event type longer than its column (60) makes this statement fail.
+            store.set_task_status(intent.id, ids[0], TaskStatus.RUNNING, event_type="x" * 61),
             *(
                 store.set_task_status(intent.id, t, TaskStatus.RUNNING, event_type="task.started")
                 for t in ids[4:]
@@ -464,7 +455,7 @@ async def test_statements_arriving_together_commit_together_a_bad_one_fails_alon
     # All nine were queued together and tried as one transaction; the bad one failed it,
     # so each was run alone: only the bad one raised, the eight moves committed.
     assert batches == [9]
-    assert isinstance(results[4], Exception) and "foreign key" in str(results[4])
+    assert isinstance(results[4], Exception) and "too long" in str(results[4])
     started = [r for r in results if not isinstance(r, BaseException)]
     assert len(started) == 8
     assert all(t.status == TaskStatus.RUNNING for t in out.tasks.values())

@@ -86,6 +86,7 @@ def create_app(
             max_active_per_user=settings.user_max_active_intents,
             work=worker,
             queue=settings.job_queue,
+            stall_s=settings.worker_stall_s,
         )
         key = signing_key(settings)
         # Removes what a crashed server left in QLP_HOME/tmp, then holds this one's folder.

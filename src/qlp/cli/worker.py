@@ -39,6 +39,7 @@ async def _serve(cfg: Settings, concurrency: int) -> int:
             max_running=concurrency,
             max_active_per_user=cfg.user_max_active_intents,
             queue=cfg.job_queue,
+            stall_s=cfg.worker_stall_s,
         )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -78,7 +79,6 @@ def list_workers(cfg: Settings, as_json: bool) -> int:
 
 
 async def _list(cfg: Settings, as_json: bool) -> int:
-    from qlp.engine.jobs import STALL_S
     from qlp.engine.wiring import open_runtime
 
     async with open_runtime(cfg) as rt, rt.store.engine.connect() as conn:
@@ -91,7 +91,7 @@ async def _list(cfg: Settings, as_json: bool) -> int:
             {
                 "id": int(row.id),
                 "heartbeat_age_s": round(age, 1),
-                "alive": age <= STALL_S,
+                "alive": age <= cfg.worker_stall_s,
                 "running": int(row.running),
                 "intents": sorted(str(i) for i in row.intents),
             }

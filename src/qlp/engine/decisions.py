@@ -1,11 +1,11 @@
 """Recording a review decision, and saying what runs next.
 
-Recording is one step, under the intent's lock, each write committed with its event: the
-decision row; for changes, the round's project kept as a capsule version and the tasks to
-redo put back to pending; the intent moved to the state it continues from (packaging,
-executing) or ended (rejected). Running the continuation is the caller's job: the CLI runs
-it in-process (`Pipeline.run`), the service's runner enqueues it. So a review wait holds no
-job, and the decision is what queues the work after it.
+Recording is one step, under the intent's lease (store/leases.py), each write committed
+with its event: the decision row; for changes, the round's project kept as a capsule
+version and the tasks to redo put back to pending; the intent moved to the state it
+continues from (packaging, executing) or ended (rejected). Running the continuation is the
+caller's job: the CLI runs it in-process (`Pipeline.run`), the service's runner enqueues
+it. So a review wait holds no job, and the decision is what queues the work after it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def record_decision(
     with UserInputError when the gates do not allow an approval or a named task is unknown.
     `local` gives the intent with its workspace on this host (Pipeline.local), for the
     round's capsule that a request for changes packages here."""
-    async with store.intent_lock(intent_id):
+    async with store.leases.hold(intent_id):
         intent = await store.get_intent(intent_id)
         require_state(intent_id, intent.status, DECIDABLE, "it is not waiting for review")
         if quality is None:

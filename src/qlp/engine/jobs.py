@@ -10,11 +10,14 @@ wait holds no job: the decision defers the continuation.
 - Stop (SIGTERM): running jobs are aborted for shutdown; the pipeline keeps each intent's
   state (every step is committed) and a new job is deferred, which another worker, or this
   one after its restart, takes.
-- A worker that dies (SIGKILL, a lost host) stops sending heartbeats. Every worker sweeps
-  every `SWEEP_S` seconds: a job whose worker has not beaten for `STALL_S` seconds is failed
-  (its row, not retried: the dead worker's late finish must not touch a new run) and a new
-  job is deferred for its intent. Succeeded tasks are not re-run (the pipeline resumes from
-  committed state); a model call in flight may be repeated once (the transcript has both).
+- A worker that dies (SIGKILL, a lost host) or is stopped (SIGSTOP, a frozen VM) stops
+  sending heartbeats. Every worker sweeps every quarter of `stall_s` (QLP_WORKER_STALL_S,
+  20 s): a job whose worker has not beaten for `stall_s` is failed (its row, not retried:
+  the old worker's late finish must not touch a new run) and a new job is deferred for its
+  intent. The new job's run claims the intent's lease once the old one has expired (same
+  time to live, store/leases.py); a stopped worker that resumes finds its writes refused and
+  stops. Succeeded tasks are not re-run (the pipeline resumes from committed state); a model
+  call in flight may be repeated once (the transcript has both).
 """
 
 from __future__ import annotations
@@ -34,10 +37,9 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger("qlp.jobs")
 
 TASK = "qlp.run_intent"
-# A worker beats every HEARTBEAT_S; one silent for STALL_S is taken for dead.
-HEARTBEAT_S = 5.0
+# A worker silent this long is taken for dead (QLP_WORKER_STALL_S); it beats, and every
+# worker sweeps, every quarter of it.
 STALL_S = 20.0
-SWEEP_S = 5.0
 
 # What a job runs: (intent id, resume) -> None. resume: a failed or cancelled intent may start.
 RunIntent = Callable[[str, bool], Awaitable[None]]
@@ -52,9 +54,18 @@ def conninfo(database_url: str) -> str:
 class IntentJobs:
     """The job queue of intents: defer, abort, run a worker, sweep stalled jobs."""
 
-    def __init__(self, database_url: str, run: RunIntent, queue: str = "qlp-intents") -> None:
+    def __init__(
+        self,
+        database_url: str,
+        run: RunIntent,
+        queue: str = "qlp-intents",
+        *,
+        stall_s: float = STALL_S,
+    ) -> None:
         self._run = run
         self.queue = queue
+        self.stall_s = stall_s
+        self.sweep_s = stall_s / 4
         connector = PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=4)
         self.app = App(connector=connector)
         self._task = self.app.task(name=TASK, queue=queue, pass_context=True)(self._job)
@@ -132,8 +143,8 @@ class IntentJobs:
             concurrency=concurrency,
             install_signal_handlers=False,
             shutdown_graceful_timeout=0,  # a run stops at once; its state is committed
-            update_heartbeat_interval=HEARTBEAT_S,
-            stalled_worker_timeout=STALL_S,
+            update_heartbeat_interval=self.stall_s / 4,
+            stalled_worker_timeout=self.stall_s,
             delete_jobs="successful",
         )
         run = self._worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it untyped
@@ -161,7 +172,9 @@ class IntentJobs:
         """Fails every job whose worker stopped beating and defers a new one for its
         intent; returns those intents."""
         manager = self.app.job_manager
-        stalled = await manager.get_stalled_jobs(queue=self.queue, seconds_since_heartbeat=STALL_S)
+        stalled = await manager.get_stalled_jobs(
+            queue=self.queue, seconds_since_heartbeat=self.stall_s
+        )
         taken: list[str] = []
         for job in stalled:
             if job.id is None:
@@ -171,7 +184,7 @@ class IntentJobs:
             await self.defer(intent_id, resume=bool(job.task_kwargs.get("resume")))
             log.warning("jobs.stalled_job_taken_over", intent_id=intent_id, job_id=job.id)
             taken.append(intent_id)
-        await manager.prune_stalled_workers(seconds_since_heartbeat=STALL_S)
+        await manager.prune_stalled_workers(seconds_since_heartbeat=self.stall_s)
         self.waiting = len(list(await manager.list_jobs_async(queue=self.queue, status="todo")))
         return taken
 
@@ -181,4 +194,4 @@ class IntentJobs:
                 await self.sweep()
             except Exception:  # the next round tries again
                 log.exception("jobs.sweep_failed")
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(self.sweep_s)

@@ -158,7 +158,9 @@ class Pipeline:
 
     async def run(self, intent_id: str) -> IntentRecord:
         """Drive the intent to a final state (or until cancelled) and return it."""
-        async with self.store.intent_lock(intent_id):
+        # Claimed for the whole run (IntentBusyError if another process holds it); every
+        # write below is fenced by it, and a lost lease ends the run with LeaseLostError.
+        async with self.store.leases.hold(intent_id) as lease:
             intent = await self.local(await self.store.get_intent(intent_id))
             require_state(
                 intent_id,
@@ -183,7 +185,7 @@ class Pipeline:
                     outcome = await self._execute(intent, *planned)
                     await self._finish(intent, outcome)
             except asyncio.CancelledError:
-                if not self.interrupting:
+                if not self.interrupting and not lease.lost:
                     await asyncio.shield(self._cancel(intent_id))
                 raise
             finally:
@@ -346,7 +348,7 @@ class _IntentRun:
         self.position = {t: i for i, t in enumerate(topological_order(plan.tasks))}
         self._tree = TreeLock()
         # Which task wrote (or is writing) each path, loaded once and kept current (this run
-        # is the only writer: the intent lock keeps other processes out).
+        # is the only writer: the intent's lease keeps other processes out).
         self.owners = {path: f.task_id for path, f in files.items()}
         # The write in progress of each path: a later write of the same path waits for it.
         self._writing: dict[str, asyncio.Future[Any]] = {}

@@ -34,8 +34,6 @@ log = structlog.get_logger("qlp.runner")
 
 # How long a cancel waits for the worker running the intent to record it.
 CANCEL_WAIT_S = 30.0
-# A job whose intent another (stopped) process holds tries again after this many seconds.
-BUSY_RETRY_S = 5.0
 
 
 class IntentRunner:
@@ -48,6 +46,7 @@ class IntentRunner:
         max_active_per_user: int,
         work: bool = True,
         queue: str = "qlp-intents",
+        stall_s: float = 20.0,
     ) -> None:
         self.pipeline = pipeline
         self.store = pipeline.store
@@ -55,7 +54,7 @@ class IntentRunner:
         self.max_running = max_running
         self.max_active_per_user = max_active_per_user
         self.work = work  # False: an API replica, whose intents other processes' workers run
-        self.jobs = IntentJobs(database_url, self._run_one, queue)
+        self.jobs = IntentJobs(database_url, self._run_one, queue, stall_s=stall_s)
         self._open = False
         self._stopping = False
 
@@ -177,10 +176,10 @@ class IntentRunner:
         try:
             await self.pipeline.run(intent_id)
         except IntentBusyError:
-            # A process stopped (not dead) while it ran this intent still holds it: try
-            # again later; whichever of the two gets it continues from committed state.
+            # A process stopped (or dead) while it ran this intent still has a live lease on
+            # it: try again once it may have expired; the run continues from committed state.
             log.warning("runner.intent_busy", intent_id=intent_id)
-            await self.jobs.defer(intent_id, resume=resume, after_s=BUSY_RETRY_S)
+            await self.jobs.defer(intent_id, resume=resume, after_s=self.jobs.sweep_s)
         except QLPError as exc:
             log.warning("runner.intent_stopped", intent_id=intent_id, error=exc.message)
         except asyncio.CancelledError:

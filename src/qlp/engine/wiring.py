@@ -405,14 +405,24 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     try:
         # Every running task may hold a connection at once; overflow connections are
         # closed on return, so a pool smaller than that would reconnect every wave.
-        engine = await connect(url, migrate=migrate, pool_size=settings.max_parallel_tasks + 4)
+        engine = await connect(
+            url,
+            migrate=migrate,
+            pool_size=settings.max_parallel_tasks + 4,
+            idle_in_transaction_s=settings.worker_stall_s,
+        )
         bus = EventBus()
 
         async def sink(events: list[Event]) -> None:
             log_events(events)
             await bus.publish(events)
 
-        runtime = Runtime(settings=settings, store=Store(engine, sink), bus=bus, database_url=url)
+        runtime = Runtime(
+            settings=settings,
+            store=Store(engine, sink, lease_s=settings.worker_stall_s),
+            bus=bus,
+            database_url=url,
+        )
         try:
             yield runtime
         finally:

@@ -60,10 +60,28 @@ def _describe(exc: BaseException) -> str:
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
-async def connect(url: str, *, migrate: bool = True, pool_size: int = 10) -> AsyncEngine:
-    """Open an engine, check the server answers, and bring the schema to the latest version."""
+async def connect(
+    url: str,
+    *,
+    migrate: bool = True,
+    pool_size: int = 10,
+    idle_in_transaction_s: float | None = None,
+) -> AsyncEngine:
+    """Open an engine, check the server answers, and bring the schema to the latest version.
+
+    `idle_in_transaction_s`: the server ends a session that sits that long inside a
+    transaction without sending anything, so a process stopped (SIGSTOP, a frozen VM) in
+    the middle of one does not keep its row locks (an intent's, say) from everyone else."""
+    connect_args: dict[str, object] = {}
+    if idle_in_transaction_s is not None:
+        ms = max(1000, int(idle_in_transaction_s * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={ms}"
     engine = create_async_engine(
-        normalise_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+        normalise_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        connect_args=connect_args,
     )
     try:
         async with engine.begin() as conn:

@@ -33,7 +33,7 @@ from qlp.domain.states import (
     check_task_transition,
     sources_of,
 )
-from qlp.errors import IntentBusyError, NotFoundError
+from qlp.errors import NotFoundError
 from qlp.llm.base import CallRecord
 from qlp.store import schema as t
 from qlp.store import statements as st
@@ -46,6 +46,7 @@ from qlp.store.base import (
     Totals,
     from_row,
 )
+from qlp.store.leases import Leases
 
 
 def utcnow() -> datetime:
@@ -61,8 +62,12 @@ def _lock_key(name: str) -> int:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, sink: EventSink | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, sink: EventSink | None = None, *, lease_s: float = 20.0
+    ) -> None:
         self.engine = engine
+        # The leases this process holds; every write of an intent is fenced by its epoch.
+        self.leases = Leases(self, lease_s)
         # Reads and single-statement writes need no explicit transaction: autocommit saves
         # the BEGIN/COMMIT round trips (see statements.py).
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -85,31 +90,13 @@ class Store:
             finally:
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
-    @asynccontextmanager
-    async def intent_lock(self, intent_id: str) -> AsyncIterator[None]:
-        """Hold a session lock on the intent so no second process runs it at the same time."""
-        key = _lock_key(intent_id)
-        async with self.autocommit.connect() as conn:
-            got = (
-                await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-            ).scalar_one()
-            if not got:  # a conflict with what is going on (409), not a bad request
-                raise IntentBusyError(
-                    f"intent {intent_id} is being run by another QLP process; wait for it "
-                    "to finish or stop it first"
-                )
-            try:
-                yield
-            finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-
     # -- events ------------------------------------------------------------------------
-    @staticmethod
     def _event_params(
-        intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]], now: datetime
+        self, intent_id: str, pending: Sequence[tuple[str, dict[str, Any]]], now: datetime
     ) -> dict[str, Any]:
         return {
             "intent_id": intent_id,
+            "lease": self.leases.epoch(intent_id),  # the fence (statements.py)
             "n_events": len(pending),
             "now": now,
             "events": json.dumps([{"type": ty, "payload": pl} for ty, pl in pending]),
@@ -136,8 +123,31 @@ class Store:
             )
         ).scalar_one_or_none()
         if seq is None:
-            raise NotFoundError(f"no intent with id {intent_id}")
+            raise self._refused(intent_id)
         return self._events(intent_id, pending, seq, now)
+
+    def _refused(self, intent_id: str) -> Exception:
+        """Why a fenced write changed nothing: the lease is gone, or the intent is."""
+        if self.leases.epoch(intent_id) is not None:
+            return self.leases.lost(intent_id)
+        return NotFoundError(f"no intent with id {intent_id}")
+
+    async def _locked(self, conn: AsyncConnection, intent_id: str) -> Any:
+        """The intent's row, locked for the transaction, checked against this process's
+        lease: the fence of writes made in a transaction of several statements."""
+        row = (
+            await conn.execute(
+                select(t.intents.c.status, t.intents.c.started_at, t.intents.c.lease)
+                .where(t.intents.c.id == intent_id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no intent {intent_id}")
+        epoch = self.leases.epoch(intent_id)
+        if epoch is not None and row.lease != epoch:
+            raise self.leases.lost(intent_id)
+        return row
 
     async def publish(self, events: list[Event]) -> None:
         if events:
@@ -205,15 +215,7 @@ class Store:
         plan: Plan | None = None,
     ) -> Event:
         async with self.engine.begin() as conn:
-            current = (
-                await conn.execute(
-                    select(t.intents.c.status, t.intents.c.started_at)
-                    .where(t.intents.c.id == intent_id)
-                    .with_for_update()
-                )
-            ).one_or_none()
-            if current is None:
-                raise NotFoundError(f"no intent {intent_id}")
+            current = await self._locked(conn, intent_id)
             check_intent_transition(IntentStatus(current.status), status, intent_id)
             now = utcnow()
             values: dict[str, Any] = {"status": status.value, "updated_at": now, "error": error}
@@ -332,13 +334,7 @@ class Store:
         self, intent_id: str, plan: Plan, position: dict[str, int], planned: dict[str, Any]
     ) -> Event:
         async with self.engine.begin() as conn:
-            status = (
-                await conn.execute(
-                    select(t.intents.c.status).where(t.intents.c.id == intent_id).with_for_update()
-                )
-            ).scalar_one_or_none()
-            if status is None:
-                raise NotFoundError(f"no intent with id {intent_id}")
+            status = (await self._locked(conn, intent_id)).status
             check_intent_transition(IntentStatus(status), IntentStatus.EXECUTING)
             await conn.execute(t.tasks.delete().where(t.tasks.c.intent_id == intent_id))
             await conn.execute(
@@ -452,7 +448,9 @@ class Store:
             "files": json.dumps(list(files)),
         }
         row = await self._hot.run(st.MOVE_TASKS, params)
-        if row is None or not row.ok:
+        if row is None or not row.held:
+            raise self._refused(intent_id)
+        if not row.ok:
             async with self.autocommit.connect() as conn:
                 await self._explain_refused_move(conn, intent_id, task_ids, status)
         events = self._events(intent_id, pending, row.event_seq, now)
@@ -511,7 +509,7 @@ class Store:
         }
         row = await self._hot.run(st.RECORD_CALL, params)
         if row is None:
-            raise NotFoundError(f"no intent with id {intent_id}")
+            raise self._refused(intent_id)
         await self.publish(self._events(intent_id, pending, row.event_seq, now))
         return Totals(
             input_tokens=row.input_tokens,

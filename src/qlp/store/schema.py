@@ -55,6 +55,11 @@ intents = Table(
     Column("llm_calls", Integer, nullable=False, server_default="0"),
     Column("event_seq", BigInteger, nullable=False, server_default="0"),
     Column("embedding", Vector(EMBEDDING_DIMENSIONS), nullable=True),
+    # The lease (store/leases.py): its epoch, bumped by every claim and checked by every
+    # state write of the intent; who holds it and until when (renewed while it works).
+    Column("lease", BigInteger, nullable=False, server_default="0"),
+    Column("lease_holder", Text, nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
     Index("ix_intents_created_at", "created_at"),
     Index("ix_intents_status", "status"),
 )

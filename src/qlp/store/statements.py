@@ -7,12 +7,30 @@ A task's life touches the intents row (its event counter and totals) several tim
 with many tasks running at once that row is where they queue. Doing each change as a single
 statement (data-modifying CTEs) makes it atomic by itself and holds the row lock only while
 PostgreSQL executes it, never across a round trip to Python.
+
+Every statement is fenced by the intent's lease (store/leases.py): `%(lease)s` is the epoch
+the writing process holds, or NULL for a process that holds none (an API cancelling an
+intent nobody runs). The `held` CTE locks the intents row and checks the epoch in the same
+statement as the write, so a worker that was paused while another took the intent over
+writes nothing after it resumes: the statement reports `held` false and changes no row.
 """
 
 from __future__ import annotations
 
 # The channel every process LISTENs on (engine/relay.py) to hear of events it did not commit.
 EVENTS_CHANNEL = "qlp_events"
+
+# The fence: the intents row, locked, if the caller's lease (or none) is the current one.
+# FOR UPDATE reads the latest committed row, waiting for a claim in progress, so a claim
+# and a write of the old holder are ordered one way or the other, never interleaved.
+_HELD = """
+    held AS (
+        SELECT true AS held FROM intents
+        WHERE id = %(intent_id)s
+          AND (CAST(%(lease)s AS bigint) IS NULL OR lease = CAST(%(lease)s AS bigint))
+        FOR UPDATE
+    )"""
+HELD = "EXISTS (SELECT 1 FROM held)"
 
 # Numbers and inserts events given as a JSON array [{"type", "payload"}, ...]; used by all
 # statements below as their tail. `s` must return the new event_seq.
@@ -41,9 +59,12 @@ _EVENTS_TAIL = (
 # Move tasks to a new status (all of them or none: every task must be in an allowed source
 # state), upsert the files they wrote, and record the events. Returns ok and event_seq.
 MOVE_TASKS = (
-    """
-    WITH ok AS (
-        SELECT count(*) = %(n_tasks)s AS ok FROM tasks
+    "WITH"
+    + _HELD
+    + """, ok AS (
+        SELECT """
+    + HELD
+    + """ AND count(*) = %(n_tasks)s AS ok FROM tasks
         WHERE intent_id = %(intent_id)s AND id = ANY(CAST(%(ids)s AS varchar[]))
           AND status = ANY(CAST(%(allowed)s AS varchar[]))
     ), moved AS (
@@ -76,27 +97,35 @@ MOVE_TASKS = (
     ), ins AS ("""
     + _EVENTS_TAIL
     + """)
-    SELECT (SELECT ok FROM ok) AS ok, (SELECT event_seq FROM s) AS event_seq
+    SELECT (SELECT ok FROM ok) AS ok, """
+    + HELD
+    + """ AS held, (SELECT event_seq FROM s) AS event_seq
     """
 )
 
 # Keep one model call in the transcript, add it to the task's and intent's totals, and
 # emit llm.usage.
 RECORD_CALL = (
-    """
-    WITH call AS (
+    "WITH"
+    + _HELD
+    + """, call AS (
         INSERT INTO llm_calls (intent_id, task_id, purpose, provider, model, request, response,
                                error, input_tokens, output_tokens, cost_usd, latency_ms,
                                attempts, created_at)
-        VALUES (%(intent_id)s, %(task_id)s, %(purpose)s, %(provider)s, %(model)s,
-                CAST(%(request)s AS jsonb), %(response)s, %(error)s, %(in_tok)s, %(out_tok)s,
-                CAST(%(cost)s AS numeric), %(latency_ms)s, %(attempts)s,
-                CAST(%(now)s AS timestamptz))
+        SELECT %(intent_id)s, %(task_id)s, %(purpose)s, %(provider)s, %(model)s,
+               CAST(%(request)s AS jsonb), %(response)s, %(error)s, %(in_tok)s, %(out_tok)s,
+               CAST(%(cost)s AS numeric), %(latency_ms)s, %(attempts)s,
+               CAST(%(now)s AS timestamptz)
+        WHERE """
+    + HELD
+    + """
     ), per_task AS (
         UPDATE tasks SET
             input_tokens = input_tokens + %(in_tok)s,
             output_tokens = output_tokens + %(out_tok)s
-        WHERE intent_id = %(intent_id)s AND id = CAST(%(task_id)s AS varchar)
+        WHERE intent_id = %(intent_id)s AND id = CAST(%(task_id)s AS varchar) AND """
+    + HELD
+    + """
     ), s AS (
         UPDATE intents SET
             event_seq = event_seq + %(n_events)s,
@@ -106,7 +135,9 @@ RECORD_CALL = (
             unpriced_calls = unpriced_calls
                 + CASE WHEN CAST(%(cost)s AS numeric) IS NULL THEN 1 ELSE 0 END,
             llm_calls = llm_calls + 1
-        WHERE id = %(intent_id)s
+        WHERE id = %(intent_id)s AND """
+    + HELD
+    + """
         RETURNING event_seq, input_tokens, output_tokens, cost_usd, unpriced_calls, llm_calls
     ), ins AS ("""
     + _EVENTS_TAIL
@@ -117,9 +148,13 @@ RECORD_CALL = (
 
 # Events alone (used inside ordinary transactions, as their last statement).
 APPEND_EVENTS = (
-    """
-    WITH s AS (
-        UPDATE intents SET event_seq = event_seq + %(n_events)s WHERE id = %(intent_id)s
+    "WITH"
+    + _HELD
+    + """, s AS (
+        UPDATE intents SET event_seq = event_seq + %(n_events)s
+        WHERE id = %(intent_id)s AND """
+    + HELD
+    + """
         RETURNING event_seq
     ), ins AS ("""
     + _EVENTS_TAIL
@@ -131,10 +166,14 @@ APPEND_EVENTS = (
 # Store a new plan: its tasks (pending), the plan on the intent, status executing, and the
 # event. Only when the intent may go to executing and has no tasks yet (re-planning over
 # existing tasks takes the slower transaction in repository.py). Returns ok and event_seq.
+# Its fence is `cur` (the row locked only if the lease is current).
 SAVE_PLAN = (
     """
     WITH cur AS (
-        SELECT status FROM intents WHERE id = %(intent_id)s FOR UPDATE
+        SELECT status FROM intents
+        WHERE id = %(intent_id)s
+          AND (CAST(%(lease)s AS bigint) IS NULL OR lease = CAST(%(lease)s AS bigint))
+        FOR UPDATE
     ), ok AS (
         SELECT COALESCE((SELECT status FROM cur) = ANY(CAST(%(allowed)s AS varchar[])), false)
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE intent_id = %(intent_id)s) AS ok
