@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from datetime import datetime
 
 from prometheus_client import (
@@ -18,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -74,6 +76,11 @@ class Metrics:
             "qlp_sandbox_kills", "Sandboxed commands killed", ["backend", "reason"], registry=r
         )
         self.websockets = Gauge("qlp_websocket_streams", "Open event streams", registry=r)
+        # Which API process answered (`qlp serve --workers N` runs several on one port, each
+        # with metrics of its own).
+        Info("qlp_process", "The API process serving this scrape", registry=r).info(
+            {"pid": str(os.getpid())}
+        )
         self._started: dict[tuple[str, str], datetime] = {}
 
     def render(self) -> bytes:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import h11
@@ -21,6 +22,10 @@ from qlp.api.app import API_PREFIX, create_app
 from qlp.config import Settings
 from qlp.engine.wiring import DEFAULT_MODELS
 from qlp.errors import QLPError, UserInputError
+
+# `qlp serve --workers N`: at most this many API processes (api/supervisor.py).
+MAX_PROCESSES: Final = 64
+BACKLOG: Final = 2048  # uvicorn's default: connections queue here while processes start
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,51 @@ def serve(
     port: int | None = None,
     on_ready: Callable[[Listening], None] | None = None,
     worker: bool = True,
+    processes: int = 1,
+    on_notice: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_ready` is called once the server accepts requests
-    (the service opened, the socket listening). Shutdown stops accepting connections, lets
-    open requests finish (up to QLP_SERVER_SHUTDOWN_GRACE_S), then interrupts running
-    intents, whose committed state lets the next start resume them."""
+    (the service opened, the socket listening; with `processes` > 1, once every API process
+    does). Shutdown stops accepting connections, lets open requests finish (up to
+    QLP_SERVER_SHUTDOWN_GRACE_S), then interrupts running intents, whose committed state
+    lets the next start resume them.
+
+    `processes` > 1 (`--workers N`): this process binds the socket, starts the embedded
+    PostgreSQL (if used) and migrates, then supervises N spawned API processes serving on
+    that socket (docs/ARCHITECTURE.md "Several API processes"). `on_notice` hears about a
+    process that exited unexpectedly and was replaced."""
     host = host or settings.server_host
     port = settings.server_port if port is None else port
     if not 0 <= port < 65536:  # 0: any free port (the ready line names it)
         raise UserInputError(f"--port: {port} is not a TCP port (0-65535)")
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise UserInputError(
+            f"--workers: expected a number of API processes from 1 to {MAX_PROCESSES}, "
+            f"got {processes}"
+        )
+    sock = _listen(host, port)
+    try:
+        if processes == 1:
+
+            def started() -> None:
+                if on_ready is not None:
+                    address = sock.getsockname()
+                    on_ready(describe(settings, address, worker=worker, pids=[os.getpid()]))
+
+            serve_on(settings, sock, worker=worker, started=started)
+        else:
+            sock.listen(BACKLOG)  # connections queue here while processes start or restart
+            from qlp.api.supervisor import Supervisor  # imports this module: not at the top
+
+            Supervisor(settings, sock, processes, worker, on_ready, on_notice).run()
+    finally:
+        sock.close()
+
+
+def serve_on(
+    settings: Settings, sock: socket.socket, *, worker: bool, started: Callable[[], None]
+) -> None:
+    """One API process: the app under uvicorn on `sock`, until SIGINT/SIGTERM."""
     trusted = settings.server_forwarded_allow_ips.strip()
     failed: list[QLPError] = []
     holder: list[uvicorn.Server] = []
@@ -64,7 +105,7 @@ def serve(
         failed.append(exc)
         holder[0].should_exit = True  # stop at once; the error is reported below
 
-    sock = _listen(host, port)
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         create_app(settings, worker=worker, on_startup_error=startup_failed),
         host=host,
@@ -80,12 +121,8 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=int(settings.server_shutdown_grace_s),
         lifespan="on",
+        backlog=BACKLOG,
     )
-
-    def started() -> None:
-        if on_ready is not None:
-            on_ready(describe(settings, sock.getsockname(), worker=worker))
-
     server = _Server(config, started)
     holder.append(server)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once it has shut down
@@ -97,8 +134,6 @@ def serve(
         server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn gives up on start-up after logging why
         raise QLPError(f"the server could not start (uvicorn exit {exc.code})") from None
-    finally:
-        sock.close()
     if failed:
         raise failed[0]
 
@@ -139,24 +174,33 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-def describe(settings: Settings, address: Any, *, worker: bool = True) -> Listening:
+def describe(
+    settings: Settings, address: Any, *, worker: bool = True, pids: Sequence[int] = ()
+) -> Listening:
     """The ready line's content: the bound address (the real port, also for --port 0), the
-    model, database, storage and sandbox in use, and a warning when no model is set. Never
-    a password, key or query string."""
+    model, database, storage and sandbox in use, the API processes serving (`pids`), and a
+    warning when no model is set. Never a password, key or query string."""
     host, port = str(address[0]), int(address[1])
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    running = settings.server_max_running
+    if not worker:
+        work = "none (--no-worker): intents run on `qlp worker` processes"
+    elif len(pids) > 1:
+        work = f"in each API process, {running} intents at once ({running * len(pids)} in all)"
+    else:
+        work = f"in this process, {running} intents at once"
     details = [
         ("model", _model(settings)),
         ("database", _database(settings)),
         ("storage", _storage(settings)),
         ("sandbox", _sandbox(settings)),
-        (
-            "worker",
-            f"in this process, {settings.server_max_running} intents at once"
-            if worker
-            else "none (--no-worker): intents run on `qlp worker` processes",
-        ),
+        ("worker", work),
     ]
+    if len(pids) > 1:
+        listed = ", ".join(map(str, pids))
+        details.append(("serving", f"{len(pids)} API processes on one socket (pids {listed})"))
+    elif pids:
+        details.append(("serving", f"1 API process (pid {pids[0]})"))
     warnings = []
     if settings.llm_provider is None:
         warnings.append(

@@ -622,7 +622,25 @@ def serve(
             "`qlp worker` processes on the same database run them.",
         ),
     ] = True,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="API processes serving on the one port, 1-64 (default 1). Each runs "
+            "intents too, unless --no-worker; one that dies is replaced.",
+        ),
+    ] = "1",
 ) -> None:
+    try:
+        processes = int(workers)
+    except ValueError:
+        processes = 0
+    if not 1 <= processes <= 64:  # before anything loads (serve() checks it too)
+        raise UserInputError(
+            f"--workers: expected a number of API processes from 1 to 64, got {workers!r}"
+        )
+
     from qlp.api.server import Listening
     from qlp.api.server import serve as run_server  # FastAPI loads only for this command
 
@@ -632,7 +650,18 @@ def serve(
         for warning in where.warnings:
             err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
-    run_server(settings(), host=host, port=port, on_ready=ready, worker=worker)
+    def notice(message: str) -> None:
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    run_server(
+        settings(),
+        host=host,
+        port=port,
+        on_ready=ready,
+        worker=worker,
+        processes=processes,
+        on_notice=notice,
+    )
 
 
 @app.command(help="Run intents submitted to any `qlp serve` on the same database, until SIGTERM.")
