@@ -6,7 +6,7 @@ stopped beating is failed and a new one deferred."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,16 +33,18 @@ class Recorder:
         self.started: list[tuple[str, bool]] = []
         self.finished: list[str] = []
         self.cancelled: list[str] = []
+        self.by_user: list[bool] = []  # at each cancellation: was it a user's cancel?
         self.release = asyncio.Event()
         self.hold = False
 
-    async def __call__(self, intent_id: str, resume: bool) -> None:
+    async def __call__(self, intent_id: str, resume: bool, by_user: Callable[[], bool]) -> None:
         self.started.append((intent_id, resume))
         try:
             if self.hold:
                 await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled.append(intent_id)
+            self.by_user.append(by_user())
             raise
         self.finished.append(intent_id)
 
@@ -89,6 +91,7 @@ async def test_abort_reaches_the_worker_that_runs_it(clean: str) -> None:
         assert await api.is_running("QL-INT-C")
         assert await api.abort("QL-INT-C")
         await _until(lambda: recorder.cancelled == ["QL-INT-C"])
+        assert recorder.by_user == [True]  # the intent is marked cancelled
         assert recorder.finished == []
         await _until(lambda: worker.running == {})
     finally:
@@ -106,6 +109,7 @@ async def test_a_worker_stopped_for_shutdown_leaves_the_intent_a_new_job(clean: 
     await _until(lambda: recorder.started)
     await first.close()  # SIGTERM's path: the run is cancelled, its state kept
     assert recorder.cancelled == ["QL-INT-D"]
+    assert recorder.by_user == [False]  # an interruption, not a user's cancel
     after = Recorder()
     second = IntentJobs(clean, after)
     await second.open()
@@ -151,5 +155,33 @@ async def test_a_job_whose_worker_went_silent_is_failed_and_deferred_again(
         jobs.start_worker(1)
         await _until(lambda: recorder.finished == ["QL-INT-E"])
         assert recorder.started == [("QL-INT-E", True)]
+    finally:
+        await jobs.close()
+
+
+async def test_a_worker_whose_row_was_pruned_registers_again_and_keeps_working(
+    clean: str,
+) -> None:
+    """A worker stopped longer than the stall time has its row pruned by the others; when it
+    continues, its next fetch fails (the row is gone): it starts again instead of exiting,
+    and a run it had was interrupted (state kept), not cancelled as by a user."""
+    recorder = Recorder()
+    recorder.hold = True
+    jobs = IntentJobs(clean, recorder)
+    await jobs.open()
+    try:
+        await jobs.defer("QL-INT-F")
+        jobs.start_worker(2)  # a free slot: the worker fetches when a job comes
+        await _until(lambda: recorder.started)
+        engine = await connect(clean, migrate=False)
+        async with engine.begin() as conn:  # what the others' sweep does to a silent worker
+            await conn.execute(text("DELETE FROM procrastinate_workers"))
+        await engine.dispose()
+        await jobs.defer("QL-INT-G")  # wakes the worker: its fetch fails, it starts again
+        await _until(lambda: recorder.cancelled == ["QL-INT-F"])
+        assert recorder.by_user == [False]
+        recorder.hold = False
+        await _until(lambda: "QL-INT-G" in recorder.finished)
+        assert jobs._worker_task is not None and not jobs._worker_task.done()
     finally:
         await jobs.close()

@@ -41,8 +41,13 @@ TASK = "qlp.run_intent"
 # worker sweeps, every quarter of it.
 STALL_S = 20.0
 
-# What a job runs: (intent id, resume) -> None. resume: a failed or cancelled intent may start.
-RunIntent = Callable[[str, bool], Awaitable[None]]
+# What a job runs: (intent id, resume, by_user) -> None. resume: a failed or cancelled intent
+# may start; by_user(): whether a cancellation of the run is a user's cancel (an abort asked
+# for through `abort`) rather than the worker stopping or failing.
+RunIntent = Callable[[str, bool, Callable[[], bool]], Awaitable[None]]
+# A worker whose loop failed (its database row pruned while it was stopped, a lost
+# connection) starts again after this many seconds.
+RESTART_S = 1.0
 
 
 def conninfo(database_url: str) -> str:
@@ -70,6 +75,7 @@ class IntentJobs:
         self.app = App(connector=connector)
         self._task = self.app.task(name=TASK, queue=queue, pass_context=True)(self._job)
         self._worker: Worker | None = None
+        self._stopping = False
         self._worker_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.running: dict[int, str] = {}  # job id -> intent id, on this process's worker
@@ -125,31 +131,50 @@ class IntentJobs:
     async def _job(self, context: JobContext, intent_id: str, resume: bool = False) -> None:
         job_id = int(context.job.id or 0)
         self.running[job_id] = intent_id
+
+        def by_user() -> bool:
+            return context.abort_reason() == AbortReason.USER_REQUEST
+
         try:
-            await self._run(intent_id, resume)
+            await self._run(intent_id, resume, by_user)
         except asyncio.CancelledError:
-            if context.abort_reason() == AbortReason.SHUTDOWN:
-                # The intent keeps its state; whoever works next continues it.
+            if not by_user():
+                # Stopping or failing worker: the intent keeps its state and a new job, which
+                # whoever works next takes (after the sweep has failed this one's row).
                 await asyncio.shield(self.defer(intent_id))
             raise
         finally:
             self.running.pop(job_id, None)
 
     def start_worker(self, concurrency: int, *, name: str | None = None) -> None:
-        self._worker = Worker(
-            self.app,
-            queues=[self.queue],
-            name=name,
-            concurrency=concurrency,
-            install_signal_handlers=False,
-            shutdown_graceful_timeout=0,  # a run stops at once; its state is committed
-            update_heartbeat_interval=self.stall_s / 4,
-            stalled_worker_timeout=self.stall_s,
-            delete_jobs="successful",
-        )
-        run = self._worker.run()  # type: ignore[no-untyped-call]  # procrastinate leaves it untyped
-        self._worker_task = asyncio.create_task(run, name="qlp-worker")
+        self._stopping = False
+        self._worker_task = asyncio.create_task(self._work(concurrency, name), name="qlp-worker")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="qlp-job-sweeper")
+
+    async def _work(self, concurrency: int, name: str | None) -> None:
+        """procrastinate's worker, started again if its loop fails: a worker stopped longer
+        than the stall time finds its row pruned by the others (its next fetch then fails)
+        and must register anew, not exit. Its running jobs were aborted as at shutdown."""
+        while not self._stopping:
+            self._worker = Worker(
+                self.app,
+                queues=[self.queue],
+                name=name,
+                concurrency=concurrency,
+                install_signal_handlers=False,
+                shutdown_graceful_timeout=0,  # a run stops at once; its state is committed
+                update_heartbeat_interval=self.stall_s / 4,
+                stalled_worker_timeout=self.stall_s,
+                delete_jobs="successful",
+            )
+            try:
+                await self._worker.run()  # type: ignore[no-untyped-call]  # untyped upstream
+                return
+            except Exception:
+                if self._stopping:
+                    return
+                log.exception("jobs.worker_failed_restarting")
+                await asyncio.sleep(RESTART_S)  # a stop meanwhile ends the loop after it
 
     async def wait_worker(self) -> None:
         if self._worker_task is not None:
@@ -161,6 +186,7 @@ class IntentJobs:
             with contextlib.suppress(BaseException):
                 await self._sweeper
             self._sweeper = None
+        self._stopping = True
         if self._worker is not None and self._worker_task is not None:
             self._worker.stop()  # type: ignore[no-untyped-call]
             with contextlib.suppress(BaseException):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,10 +102,6 @@ class Pipeline:
         self.quality = quality
         # Tokens spent so far per running intent, kept current by every recorded call.
         self._spent: dict[str, int] = {}
-        # Set by a server shutting down: a cancelled run then keeps its intent's state
-        # (planning, executing, packaging) so the next start resumes it, instead of marking
-        # it cancelled as a user's Ctrl-C does.
-        self.interrupting = False
 
     # -- entry points --------------------------------------------------------------------
     async def submit(
@@ -156,8 +152,15 @@ class Pipeline:
         log.info("workspace.restored", intent_id=intent.id, files=len(stale))
         return local
 
-    async def run(self, intent_id: str) -> IntentRecord:
-        """Drive the intent to a final state (or until cancelled) and return it."""
+    async def run(
+        self, intent_id: str, *, by_user: Callable[[], bool] = lambda: True
+    ) -> IntentRecord:
+        """Drive the intent to a final state (or until cancelled) and return it.
+
+        A cancellation of the run is the user's (the intent is marked cancelled, as after a
+        CLI Ctrl-C) when `by_user()` says so at that moment; otherwise it is an interruption
+        (a worker stopping or failing) and the intent keeps its state (planning, executing,
+        packaging) for whoever runs it next."""
         # Claimed for the whole run (IntentBusyError if another process holds it); every
         # write below is fenced by it, and a lost lease ends the run with LeaseLostError.
         async with self.store.leases.hold(intent_id) as lease:
@@ -185,7 +188,7 @@ class Pipeline:
                     outcome = await self._execute(intent, *planned)
                     await self._finish(intent, outcome)
             except asyncio.CancelledError:
-                if not self.interrupting and not lease.lost:
+                if by_user() and not lease.lost:
                     await asyncio.shield(self._cancel(intent_id))
                 raise
             finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -92,7 +93,6 @@ class IntentRunner:
         """Interrupt running intents without changing their state (each step is already
         committed; their jobs are deferred again for whoever works next) and close."""
         self._stopping = True
-        self.pipeline.interrupting = True
         if self._open:
             await self.jobs.close()
         self._open = False
@@ -167,14 +167,15 @@ class IntentRunner:
                 return await self.store.get_intent(intent_id)
             await asyncio.sleep(0.05)
 
-    async def _run_one(self, intent_id: str, resume: bool) -> None:
-        """One job: run the intent to its next stop."""
+    async def _run_one(self, intent_id: str, resume: bool, by_user: Callable[[], bool]) -> None:
+        """One job: run the intent to its next stop (`by_user`: whether a cancellation is a
+        user's cancel, not the worker stopping)."""
         intent = await self.store.get_intent(intent_id)
         allowed = STARTABLE if resume else RUNNABLE
         if intent.status not in allowed:
             return  # cancelled while it waited, or decided elsewhere
         try:
-            await self.pipeline.run(intent_id)
+            await self.pipeline.run(intent_id, by_user=by_user)
         except IntentBusyError:
             # A process stopped (or dead) while it ran this intent still has a live lease on
             # it: try again once it may have expired; the run continues from committed state.
