@@ -65,13 +65,14 @@ class Service:
         return self.server.proc.pid
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by the server process, PostgreSQL (all its processes), the
-        fake model's process, and by the whole machine (all processes, all cores)."""
+        """CPU seconds used so far by the server (`qlp serve` and, with --workers N, its API
+        processes), PostgreSQL (all its processes), the fake model's process, and by the
+        whole machine (all processes, all cores)."""
         postgres = 0.0
         for i, pid in enumerate(private_postgres_pids(self.home)):
             postgres += _cpu_seconds(pid, children=i == 0)  # the postmaster reaps backends
         return {
-            "server": _cpu_seconds(self.server_pid),
+            "server": sum(server_cpu(self.server_pid).values()),
             "postgres": postgres,
             "llm": _cpu_seconds(self.llm_pid),
             "machine": machine_busy_seconds(),
@@ -84,6 +85,34 @@ def machine_busy_seconds() -> float:
         fields = [int(x) for x in fh.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def server_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and of each of its live descendants (the API processes of
+    `qlp serve --workers N`), by pid; each also counts its reaped children, so the sum over
+    an interval holds a process that ended in it."""
+    parents = _parents()
+    tree, todo = [pid], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        tree += kids
+        todo += kids
+    return {p: _cpu_seconds(p, children=True) for p in tree}
 
 
 def _cpu_seconds(pid: int, children: bool = False) -> float:
@@ -117,11 +146,14 @@ def service(
     latency: float = 0.0,
     env: Mapping[str, str] | None = None,
     users: Sequence[tuple[str, str]] = (("root", "admin"), ("ann", "member")),
+    args: Sequence[str] = (),
 ) -> Iterator[Service]:
-    """PostgreSQL, the fake model answering `script`, and `qlp serve` with `users`."""
+    """PostgreSQL, the fake model answering `script`, and `qlp serve [args]` with `users`."""
     with private_postgres() as (url, home), fake_llm({"responses": list(script)}, latency) as llm:
         base_url, llm_pid = llm
-        server = ApiServer(server_env(home, url, base_url, **dict(env or {})), cwd=home)
+        server = ApiServer(
+            server_env(home, url, base_url, **dict(env or {})), cwd=home, args=tuple(args)
+        )
         server.create_users(PASSWORD, dict(users))
         with running(server):
             yield Service(server, home, llm_pid)

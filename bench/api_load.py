@@ -1,10 +1,13 @@
 """Read load on the service: `GET /api/v1/intents` at 32 concurrent connections.
 
     .venv/bin/python -m bench.api_load [--connections 32] [--requests 3000] [--seconds 20]
-                                       [--procs 1 2] [--intents 30]
+                                       [--procs 1 2] [--api-processes 1 2] [--intents 30]
 
-A real `qlp serve` (one uvicorn process) on 127.0.0.1 with its own embedded PostgreSQL holds
-`--intents` completed intents of the calling member; the list returns all of them (one page).
+A real `qlp serve` on 127.0.0.1 with its own embedded PostgreSQL holds `--intents` completed
+intents of the calling member; the list returns all of them (one page). It runs with each
+of `--api-processes` API processes in turn (1: one uvicorn process, as `qlp serve`; N > 1:
+`qlp serve --workers N`, restarted on the same database), and the server's CPU is that of
+`qlp serve` and all its processes, summed (also given per process, to show the balance).
 Baseline in the same run: `GET /api/v1/healthz` (no authentication, no database) at the same
 concurrency, so `ratio` = healthz rps / intents rps is the cost of authentication + query +
 serialisation. Each measurement is bounded by `--requests` and `--seconds`.
@@ -36,6 +39,7 @@ from bench.api_common import (
     ms,
     percentile,
     plan_script,
+    server_cpu,
     service,
 )
 
@@ -99,9 +103,11 @@ def measure(
         proc.start()
         workers.append((proc, parent))
     time.sleep(max(0.0, start_at - time.time()))
+    tree0 = server_cpu(svc.server_pid)
     cpu0, t0 = svc.cpu(), time.time()
     results = [parent.recv() for _, parent in workers]
     cpu1, t1 = svc.cpu(), time.time()
+    tree1 = server_cpu(svc.server_pid)
     for proc, _ in workers:
         proc.join(10)
     wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
@@ -125,6 +131,9 @@ def measure(
         "client_cpu_ms_per_request": round(
             sum(r["cpu"] for r in results) * 1000 / len(latencies), 3
         ),
+        "server_cpu_s_by_process": {
+            str(pid): round(after - tree0.get(pid, 0.0), 2) for pid, after in tree1.items()
+        },
     }
 
 
@@ -143,23 +152,44 @@ def seed(svc: Service, token: str, n: int) -> None:
     raise TimeoutError("seed intents did not complete")
 
 
-def main(conns: int, count: int, seconds: float, procs_list: list[int], intents: int) -> None:
+def _serve_args(api_processes: int) -> tuple[str, ...]:
+    return () if api_processes == 1 else ("--workers", str(api_processes))
+
+
+def main(
+    conns: int,
+    count: int,
+    seconds: float,
+    procs_list: list[int],
+    intents: int,
+    api_list: list[int],
+) -> None:
     env = {"QLP_USER_MAX_ACTIVE_INTENTS": "1000", "QLP_SUBMIT_RATE_PER_MINUTE": "10000"}
-    with service(plan_script(DEPS, copies=intents), env=env) as svc:
+    args = _serve_args(api_list[0])
+    with service(plan_script(DEPS, copies=intents), env=env, args=args) as svc:
         token = svc.server.token("ann", PASSWORD)
         seed(svc, token, intents)
         runs = []
-        for procs in procs_list:
-            health = measure(svc, "/healthz", None, conns, count, seconds, procs)
-            listed = measure(svc, "/intents", token, conns, count, seconds, procs)
-            runs.append(
-                {
-                    "client_processes": procs,
-                    "healthz": health,
-                    "intents": listed,
-                    "ratio_rps_healthz_over_intents": round(health["rps"] / listed["rps"], 2),
-                }
-            )
+        for api_processes in api_list:
+            if _serve_args(api_processes) != svc.server.args:
+                svc.server.stop()
+                svc.server.args = _serve_args(api_processes)
+                svc.server.start()
+            for procs in procs_list:
+                health = measure(svc, "/healthz", None, conns, count, seconds, procs)
+                listed = measure(
+                    svc, f"/intents?limit={intents}", token, conns, count, seconds, procs
+                )
+                runs.append(
+                    {
+                        "api_processes": api_processes,
+                        "client_processes": procs,
+                        "healthz": health,
+                        "intents": listed,
+                        "ratio_rps_healthz_over_intents": round(health["rps"] / listed["rps"], 2),
+                        "ratio_rps_intents_over_healthz": round(listed["rps"] / health["rps"], 2),
+                    }
+                )
     report(
         "api_load",
         {
@@ -180,6 +210,14 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--api-processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--intents", type=int, default=30)
     args = parser.parse_args()
-    main(args.connections, args.requests, args.seconds, args.procs, args.intents)
+    main(
+        args.connections,
+        args.requests,
+        args.seconds,
+        args.procs,
+        args.intents,
+        args.api_processes,
+    )

@@ -40,7 +40,9 @@ class Service:
     scratch: Scratch  # this process's folder under QLP_HOME/tmp (src/qlp/scratch.py)
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hand-off on every request for one attribute read.
     found: Service = request.app.state.service
     return found
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ulid import ULID
 
@@ -21,6 +22,7 @@ log = structlog.get_logger("qlp.api")
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_CHILDREN = 1024
 
 
 def _outcome(status: int) -> str:
@@ -33,6 +35,9 @@ class RequestContext:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The metric children of each (method, route, status) seen: `labels()` takes a lock
+        # and builds its key on every call. Bounded, as methods are whatever clients send.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     @staticmethod
     def _audit_sinks(scope: Scope) -> tuple[AuditStore, RefusalTally] | None:
@@ -81,8 +86,17 @@ class RequestContext:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.http_requests.labels(method, template, str(status)).inc()
-        self.metrics.http_latency.labels(method, template).observe(elapsed)
+        key = (method, template, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.http_requests.labels(method, template, str(status)),
+                self.metrics.http_latency.labels(method, template),
+            )
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
         principal = state.get("principal")
         log.info(
             "http.request",

@@ -37,6 +37,9 @@ MIN_SECRET_BYTES = 32
 _KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INVALID = "invalid or expired token"
 _REQUIRED_CLAIMS = ["sub", "role", "sid", "iat", "exp", "jti", "typ", "iss", "aud"]
+# Access tokens whose signature and claims were checked, kept until they expire (a client
+# sends the same token on every request until it refreshes). Bounded; oldest dropped first.
+VERIFIED_CACHE_SIZE = 4096
 
 
 def token_digest(token: str) -> str:
@@ -133,6 +136,11 @@ class TokenService:
         self.keys = keys
         self.access_ttl_s = access_ttl_s
         self._clock = clock
+        # token -> (exp, claims). Only what the token itself proves is kept: the session and
+        # the user are still looked up on every request (AuthService.authenticate), so
+        # logout, revocation and a disabled account take effect at once. The keys cannot
+        # change while the process runs.
+        self._verified: dict[str, tuple[int, AccessClaims]] = {}
 
     def issue_access(self, user_id: str, role: str, session_id: str) -> tuple[str, int]:
         now = int(self._clock())
@@ -155,6 +163,20 @@ class TokenService:
 
     def verify_access(self, token: str) -> AccessClaims:
         """The token's claims, or AuthError("invalid or expired token") whatever is wrong."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            # PyJWT's own rule and clock: expired once exp <= now.
+            if cached[0] > time.time():
+                return cached[1]
+            del self._verified[token]
+        claims = self._verify(token)
+        exp = int(claims.expires_at.timestamp())
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (exp, claims)
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -16,8 +17,7 @@ from sqlalchemy import Select, func, or_, select, tuple_
 from qlp.domain.states import IntentStatus
 from qlp.errors import UserInputError
 from qlp.store import schema as t
-from qlp.store.base import IntentRecord
-from qlp.store.repository import Store, _intent
+from qlp.store.repository import Store
 from qlp.store.reviews import CapsuleRecord, capsule_record
 
 MAX_PAGE = 200
@@ -50,6 +50,76 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise UserInputError("cursor: not a cursor returned by this API") from None
     return when, item_id
+
+
+@dataclass(frozen=True)
+class IntentListing:
+    """An intent as a list shows it: without its plan and workspace, which a page of them
+    never shows and which are the largest columns to fetch and decode."""
+
+    id: str
+    text: str
+    options: dict[str, Any]
+    user_id: str | None
+    status: IntentStatus
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    updated_at: datetime
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    unpriced_calls: int
+
+    @property
+    def cost_known(self) -> bool:
+        return self.unpriced_calls == 0
+
+
+_LISTED = [f.name for f in fields(IntentListing)]
+
+
+def _listing(r: Any) -> IntentListing:
+    return IntentListing(
+        id=r.id,
+        text=r.text,
+        options=r.options,
+        user_id=r.user_id,
+        status=IntentStatus(r.status),
+        error=r.error,
+        created_at=r.created_at,
+        finished_at=r.finished_at,
+        updated_at=r.updated_at,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cost_usd=float(r.cost_usd),
+        unpriced_calls=r.unpriced_calls,
+    )
+
+
+# The list of intents is the API's busiest read: plain SQL run with `exec_driver_sql`, as
+# the hot-path writes are (statements.py), since building and compiling the statement on
+# every request cost more than running it. One text per combination of filters, made from
+# constant fragments; every value is a bound parameter.
+_FILTERS = ("owner", "status", "since", "until", "text")
+_CONDITIONS = {
+    "owner": "user_id = %(owner)s",
+    "status": "status = %(status)s",
+    "since": "created_at >= %(since)s",
+    "until": "created_at < %(until)s",
+    "text": "\"text\" ILIKE %(text)s ESCAPE '\\'",
+    "cursor": "(created_at, id) < (%(after_at)s, %(after_id)s)",
+}
+
+
+@functools.cache
+def _listing_sql(*shape: bool) -> str:
+    used = [_CONDITIONS[k] for k, on in zip((*_FILTERS, "cursor"), shape, strict=True) if on]
+    columns = ", ".join(f'"{name}"' for name in _LISTED)
+    return (
+        f"SELECT {columns} FROM intents WHERE {' AND '.join(used) or 'true'} "  # noqa: S608
+        "ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,21 +171,22 @@ class IntentQueries:
 
     async def intents(
         self, where: IntentFilter, *, cursor: str | None, limit: int
-    ) -> Page[IntentRecord]:
-        c = t.intents.c
-        query: Select[Any] = select(t.intents)
-        if where.owner is not None:
-            query = query.where(c.user_id == where.owner)
-        if where.status is not None:
-            query = query.where(c.status == where.status.value)
-        if where.since is not None:
-            query = query.where(c.created_at >= where.since)
-        if where.until is not None:
-            query = query.where(c.created_at < where.until)
-        if where.text:
-            query = query.where(c.text.ilike(f"%{_escape_like(where.text)}%", escape="\\"))
-        rows = await self._page(query, c.created_at, c.id, cursor, limit)
-        items = [_intent(r) for r in rows[:limit]]
+    ) -> Page[IntentListing]:
+        params: dict[str, Any] = {
+            "owner": where.owner,
+            "status": where.status.value if where.status is not None else None,
+            "since": where.since,
+            "until": where.until,
+            "text": f"%{_escape_like(where.text)}%" if where.text else None,
+            "limit": min(limit, MAX_PAGE) + 1,
+        }
+        if cursor is not None:
+            params["after_at"], params["after_id"] = decode_cursor(cursor)
+        shape = [params[k] is not None for k in _FILTERS]
+        async with self.store.autocommit.connect() as conn:
+            sql = _listing_sql(*shape, cursor is not None)
+            rows = list(await conn.exec_driver_sql(sql, params))
+        items = [_listing(r) for r in rows[:limit]]
         return Page(items, self._next(rows, limit, lambda r: (r.created_at, r.id)))
 
     async def capsules(
