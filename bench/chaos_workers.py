@@ -143,13 +143,26 @@ class Cluster:
         return worker
 
     def replace(self, dead: Worker) -> Worker:
-        self.workers.remove(dead)
+        if dead in self.workers:
+            self.workers.remove(dead)
         return self.add()
 
     def holder(self, queue: str, intent_id: str) -> tuple[Worker | None, int | None]:
+        """The live worker process working on the intent: the one whose pid its live lease
+        names (`lease_holder` = host:pid:nonce), else the one that registered the
+        procrastinate worker of its running job."""
+        holder = self.db.one(
+            "SELECT lease_holder FROM intents WHERE id = %s AND lease_until > now()",
+            (intent_id,),
+        )
+        pid = int(str(holder).split(":")[1]) if holder else None
         for _job, lock, worker_id in self.db.jobs(queue, "doing"):
             if lock == intent_id:
-                return (self.ids.get(worker_id) if worker_id is not None else None), worker_id
+                by_pid = [w for w in self.workers if w.proc is not None and w.proc.pid == pid]
+                if by_pid:
+                    return by_pid[0], worker_id
+                mapped = self.ids.get(worker_id) if worker_id is not None else None
+                return (mapped if mapped in self.workers else None), worker_id
         return None, None
 
     def check_alive(self, run: int) -> None:

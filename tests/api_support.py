@@ -167,6 +167,19 @@ class ApiServer:
         raise AssertionError(f"intent {intent_id} never reached {statuses}: {body}")
 
 
+def qlp_workers(server: ApiServer) -> tuple[int, dict[str, Any]]:
+    """`qlp workers --json` on the server's database: its exit code and what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qlp", "workers", "--json"],
+        env=server.env,
+        cwd=server.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
 def read_stream(
     ws: Any, count: int | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:

@@ -6,13 +6,10 @@ one of them; an intent completes; a process that dies is replaced; SIGTERM stops
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +19,7 @@ import httpx
 import pytest
 
 from qlp.store.embedded import EmbeddedPostgres
-from tests.api_support import API, ApiServer, server_env
+from tests.api_support import API, ApiServer, qlp_workers, server_env
 from tests.e2e.test_cli import qlp, qlp_env
 from tests.fakes.llm_server import FakeLLMServer
 from tests.support import dag_script
@@ -104,16 +101,8 @@ def _gone(pids: list[int], timeout: float = 30) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _workers_alive(server: ApiServer) -> int:
-    done = subprocess.run(
-        [sys.executable, "-m", "qlp", "workers", "--json"],
-        env=server.env,
-        cwd=server.cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return int(json.loads(done.stdout)["alive"])
+def qlp_workers_alive(server: ApiServer) -> int:
+    return int(qlp_workers(server)[1]["alive"])
 
 
 @pytest.mark.slow
@@ -132,7 +121,7 @@ def test_two_processes_serve_run_an_intent_are_replaced_and_stop(
         assert set(pids) <= set(_children_of(server.proc.pid))
         assert "worker    in each API process, 2 intents at once (4 in all)" in server.log()
         assert _answering_pids(server, set(pids)) == set(pids)  # both serve the one port
-        assert _workers_alive(server) == 2  # each API process runs a worker
+        assert qlp_workers_alive(server) == 2  # each API process runs a worker
 
         token = server.token("wendy", PASSWORD)
         with server.client(token) as c:

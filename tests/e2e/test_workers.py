@@ -8,7 +8,6 @@ serving; `qlp workers` says who is alive."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_support import ApiServer, running, server_env
+from tests.api_support import ApiServer, qlp_workers, running, server_env
 from tests.fakes.llm_server import FakeLLMServer
 from tests.support import dag_script
 
@@ -87,18 +86,6 @@ def _wait_event(api: ApiServer, token: str, intent_id: str, kind: str) -> None:
         time.sleep(0.05)
 
 
-def _workers(api: ApiServer) -> tuple[int, dict[str, object]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "qlp", "workers", "--json"],
-        env=api.env,
-        cwd=api.cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return done.returncode, json.loads(done.stdout)
-
-
 @pytest.mark.slow
 def test_an_api_replica_queues_and_workers_run(api: ApiServer) -> None:
     token = api.token("wendy", PASSWORD)
@@ -106,13 +93,13 @@ def test_an_api_replica_queues_and_workers_run(api: ApiServer) -> None:
     time.sleep(1.5)  # nothing here runs it: still queued (a wait, not a timed assertion)
     with api.client(token) as c:
         assert c.get(f"/intents/{intent_id}").json()["status"] == "queued"
-    code, listed = _workers(api)
+    code, listed = qlp_workers(api)
     assert code == 1 and listed["alive"] == 0
     worker = Worker(api.env, api.cwd, "a")
     try:
         final = api.wait_status(token, intent_id, {"completed", "failed"})
         assert final["status"] == "completed", final
-        code, listed = _workers(api)
+        code, listed = qlp_workers(api)
         assert code == 0 and listed["alive"] == 1
         # A cancel from the API reaches the intent running on the worker.
         second = _submit(api, token, "cancel me")

@@ -190,12 +190,16 @@ class AuthService:
         if credential.startswith(REFRESH_PREFIX):
             raise AuthError(REJECTED)
         claims = self.tokens.verify_access(credential)
-        session = await self.users.get_session(claims.session_id)
-        if session is None or session.revoked_at is not None or session.user_id != claims.user_id:
+        # The session and its user, read on every request (one round trip): a logout, a
+        # revoked session or a disabled account takes effect at once.
+        found = await self.users.session_user(claims.session_id)
+        if found is None or found.revoked or found.disabled or found.user_id != claims.user_id:
             raise AuthError(REJECTED)
-        user = await self._active_user(claims.user_id)
         return Principal(
-            user_id=user.id, username=user.username, role=Role(user.role), session_id=session.id
+            user_id=found.user_id,
+            username=found.username,
+            role=Role(found.role),
+            session_id=found.session_id,
         )
 
     async def _authenticate_key(self, key: str) -> Principal:

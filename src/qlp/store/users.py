@@ -8,6 +8,7 @@ what a reused refresh token means) are in auth/service.py.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -49,6 +50,23 @@ async def _lock_family(conn: AsyncConnection, family_id: str) -> None:
 
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class SessionUser:
+    session_id: str
+    user_id: str
+    username: str
+    role: str
+    disabled: bool
+    revoked: bool
+
+
+# Plain SQL (run with exec_driver_sql): compiling a statement per request cost more than it.
+_SESSION_USER = (
+    "SELECT s.id, s.user_id, s.revoked_at, u.username, u.role, u.disabled "
+    "FROM user_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = %(sid)s"
+)
 
 
 class UserStore:
@@ -186,6 +204,22 @@ class UserStore:
     async def get_session_by_token(self, token_hash: str) -> SessionRecord | None:
         query = select(t.user_sessions).where(t.user_sessions.c.token_hash == token_hash)
         return await self._first(SessionRecord, query)
+
+    async def session_user(self, session_id: str) -> SessionUser | None:
+        """A session and its user in one round trip (the check behind every request made
+        with an access token); None if either is gone."""
+        async with self.store.autocommit.connect() as conn:
+            row = (await conn.exec_driver_sql(_SESSION_USER, {"sid": session_id})).one_or_none()
+        if row is None:
+            return None
+        return SessionUser(
+            session_id=row.id,
+            user_id=row.user_id,
+            username=row.username,
+            role=row.role,
+            disabled=row.disabled,
+            revoked=row.revoked_at is not None,
+        )
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         query = select(t.user_sessions).where(t.user_sessions.c.id == session_id)
