@@ -403,12 +403,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         embedded = EmbeddedPostgres(settings.home / "postgres" / "data")
         url = await asyncio.to_thread(embedded.acquire)
     try:
-        # Every running task may hold a connection at once; overflow connections are
-        # closed on return, so a pool smaller than that would reconnect every wave.
+        # Every running task may hold a connection at once, and an API process serves
+        # dozens of requests at once; overflow connections are closed on return, so a pool
+        # smaller than that would reconnect every wave.
         engine = await connect(
             url,
             migrate=migrate,
-            pool_size=settings.max_parallel_tasks + 4,
+            pool_size=max(settings.max_parallel_tasks + 4, 24),
             idle_in_transaction_s=settings.worker_stall_s,
         )
         bus = EventBus()

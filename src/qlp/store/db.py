@@ -79,7 +79,9 @@ async def connect(
     engine = create_async_engine(
         normalise_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # A few more under a burst; closed again on return (reopening them at every burst
+        # cost more than the whole query, docs/BENCHMARKS.md "GET /api/v1/intents").
+        max_overflow=8,
         pool_pre_ping=False,
         connect_args=connect_args,
     )
