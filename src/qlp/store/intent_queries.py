@@ -8,7 +8,7 @@ import binascii
 import functools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +17,7 @@ from sqlalchemy import Select, func, or_, select, tuple_
 from qlp.domain.states import IntentStatus
 from qlp.errors import UserInputError
 from qlp.store import schema as t
+from qlp.store.base import from_row
 from qlp.store.repository import Store
 from qlp.store.reviews import CapsuleRecord, capsule_record
 
@@ -80,21 +81,8 @@ _LISTED = [f.name for f in fields(IntentListing)]
 
 
 def _listing(r: Any) -> IntentListing:
-    return IntentListing(
-        id=r.id,
-        text=r.text,
-        options=r.options,
-        user_id=r.user_id,
-        status=IntentStatus(r.status),
-        error=r.error,
-        created_at=r.created_at,
-        finished_at=r.finished_at,
-        updated_at=r.updated_at,
-        input_tokens=r.input_tokens,
-        output_tokens=r.output_tokens,
-        cost_usd=float(r.cost_usd),
-        unpriced_calls=r.unpriced_calls,
-    )
+    listed = from_row(IntentListing, r)
+    return replace(listed, status=IntentStatus(r.status), cost_usd=float(r.cost_usd))
 
 
 # The list of intents is the API's busiest read: plain SQL run with `exec_driver_sql`, as
