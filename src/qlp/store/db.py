@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +19,12 @@ from qlp.errors import ConfigError, StoreError
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every QLP process.
 _MIGRATION_LOCK_KEY = 0x51_4C_50_00
+
+
+def lock_key(name: str) -> int:
+    """The 64-bit key of the PostgreSQL advisory lock named `name` (every QLP process
+    derives the same key from the same name)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def normalise_url(url: str) -> str:

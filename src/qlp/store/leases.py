@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import socket
 import uuid
@@ -38,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from qlp.errors import IntentBusyError, LeaseLostError, NotFoundError
+from qlp.store.db import lock_key
 
 if TYPE_CHECKING:
     from qlp.store.repository import Store
@@ -77,10 +77,9 @@ _HOLDER = text(
 class Lease:
     """A claimed lease; `lost` once another process may have taken the intent."""
 
-    def __init__(self, intent_id: str, epoch: int, ttl_s: float) -> None:
+    def __init__(self, intent_id: str, epoch: int) -> None:
         self.intent_id = intent_id
         self.epoch = epoch
-        self.ttl_s = ttl_s
         self.lost = False
 
 
@@ -114,7 +113,7 @@ class Leases:
                     yield lease
             finally:
                 with contextlib.suppress(Exception):  # it ends with the connection anyway
-                    await asyncio.shield(own.execute(_UNLOCK, {"k": _key(lease)}))
+                    await asyncio.shield(own.execute(_UNLOCK, {"k": _key(intent_id, lease.epoch)}))
 
     @asynccontextmanager
     async def _renewed(self, lease: Lease) -> AsyncIterator[None]:
@@ -146,19 +145,19 @@ class Leases:
         current = (await own.execute(_CURRENT, {"id": intent_id})).scalar_one_or_none()
         if current is None:
             raise NotFoundError(f"no intent with id {intent_id}")
-        seen = Lease(intent_id, int(current), self.ttl_s)
+        seen = _key(intent_id, int(current))
         # Free: nobody holds epoch `current` (its holder released it or is gone).
-        gone = bool((await own.execute(_TRY_LOCK, {"k": _key(seen)})).scalar_one())
-        params = {"id": intent_id, "epoch": seen.epoch, "gone": gone}
+        gone = bool((await own.execute(_TRY_LOCK, {"k": seen})).scalar_one())
+        params = {"id": intent_id, "epoch": int(current), "gone": gone}
         epoch = (
             await own.execute(_CLAIM, {**params, "holder": HOLDER, "ttl": self.ttl_s})
         ).scalar_one_or_none()
         if gone:
-            await own.execute(_UNLOCK, {"k": _key(seen)})
+            await own.execute(_UNLOCK, {"k": seen})
         if epoch is not None:
-            lease = Lease(intent_id, int(epoch), self.ttl_s)
-            await own.execute(_TRY_LOCK, {"k": _key(lease)})  # a new epoch: nobody has it
-            return lease
+            # A new epoch: nobody has its lock.
+            await own.execute(_TRY_LOCK, {"k": _key(intent_id, int(epoch))})
+            return Lease(intent_id, int(epoch))
         row = (await own.execute(_HOLDER, {"id": intent_id})).one()
         left = max(0.0, row.left.total_seconds()) if row.left is not None else 0.0
         raise IntentBusyError(
@@ -171,18 +170,18 @@ class Leases:
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
-            await asyncio.sleep(lease.ttl_s / 4)
+            await asyncio.sleep(self.ttl_s / 4)
             try:
                 async with self._store.autocommit.connect() as conn:
                     still = (
                         await conn.execute(
                             _RENEW,
-                            {"id": lease.intent_id, "epoch": lease.epoch, "ttl": lease.ttl_s},
+                            {"id": lease.intent_id, "epoch": lease.epoch, "ttl": self.ttl_s},
                         )
                     ).scalar_one_or_none()
             except Exception as exc:  # the database unreachable: try again until the end
                 log.warning("lease.renew_failed", intent_id=lease.intent_id, error=str(exc))
-                still = lease.epoch if loop.time() - renewed < lease.ttl_s else None
+                still = lease.epoch if loop.time() - renewed < self.ttl_s else None
             else:
                 renewed = loop.time()
             if still is None:
@@ -197,7 +196,6 @@ class Leases:
             await conn.execute(_RELEASE, {"id": lease.intent_id, "epoch": lease.epoch})
 
 
-def _key(lease: Lease) -> int:
+def _key(intent_id: str, epoch: int) -> int:
     """The session lock standing for "the holder of this epoch is alive"."""
-    name = f"qlp-lease:{lease.intent_id}:{lease.epoch}"
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    return lock_key(f"qlp-lease:{intent_id}:{epoch}")

@@ -8,7 +8,6 @@ process that dies at any point leaves the database describing exactly what had h
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from qlp.store.base import (
     Totals,
     from_row,
 )
+from qlp.store.db import lock_key
 from qlp.store.leases import Leases
 
 
@@ -55,10 +55,6 @@ def utcnow() -> datetime:
 
 async def _no_sink(_: list[Event]) -> None:
     return None
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 class Store:
@@ -82,7 +78,7 @@ class Store:
         """Wait for, then hold, a session lock on a user's submissions: every process that
         checks a per-user cap and then submits does both under it, so two submissions (on
         any API process) cannot both pass the cap."""
-        key = _lock_key(f"submit:{user_id}")
+        key = lock_key(f"submit:{user_id}")
         async with self.autocommit.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:

@@ -7,7 +7,6 @@ what a reused refresh token means) are in auth/service.py.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from qlp.domain.ids import new_api_key_id, new_session_id, new_user_id
 from qlp.errors import ConflictError, NotFoundError
 from qlp.store import schema as t
 from qlp.store.base import ApiKeyRecord, SessionRecord, UserRecord, from_row
+from qlp.store.db import lock_key
 from qlp.store.repository import Store, utcnow
 
 __all__ = ["ApiKeyRecord", "SessionRecord", "UserRecord", "UserStore"]
@@ -44,8 +44,7 @@ async def _lock_family(conn: AsyncConnection, family_id: str) -> None:
     """Rotation and family revocation of one family run one at a time. Without this, a
     revocation that starts while a rotation is inserting the next session would not see that
     new row (its snapshot predates it), and the new session would survive the revocation."""
-    digest = hashlib.sha256(b"qlp-session-family:" + family_id.encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
+    key = lock_key(f"qlp-session-family:{family_id}")
     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
