@@ -4,8 +4,7 @@ closed with the app (database, runner, auth), middlewares for limits and request
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
@@ -27,6 +26,7 @@ from qlp.engine.relay import EventRelay
 from qlp.engine.runner import IntentRunner
 from qlp.engine.wiring import make_auth, make_capsule_store, open_runtime, signing_key
 from qlp.errors import QLPError
+from qlp.periodic import cancelled, every
 from qlp.scratch import Scratch
 from qlp.store.audit import AuditStore
 from qlp.store.counters import RateCounters
@@ -47,21 +47,6 @@ with a stable `code`. See docs/API.md."""
 COUNTER_PRUNE_S = 60.0
 # How often the refusal counts of finished minutes are written to the audit log.
 REFUSALS_FLUSH_S = 5.0
-
-
-async def _every(seconds: float, work: Callable[[], Awaitable[object]]) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await work()
-        except Exception:  # the next round tries again; the failure is in the log
-            log.exception("api.periodic_failed", work=getattr(work, "__qualname__", str(work)))
-
-
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
 
 
 def create_app(
@@ -97,12 +82,12 @@ def create_app(
             log.info("api.scratch_swept", removed=len(swept))
         audit = AuditStore(rt.store)
         counters = RateCounters(rt.store)
-        pruner = asyncio.create_task(_every(COUNTER_PRUNE_S, counters.prune))
-        stack.push_async_callback(_cancelled, pruner)
+        pruner = asyncio.create_task(every(COUNTER_PRUNE_S, counters.prune))
+        stack.push_async_callback(cancelled, pruner)
         refusals = RefusalTally(audit)
         stack.push_async_callback(refusals.flush, everything=True)  # after the flusher stops
-        flusher = asyncio.create_task(_every(REFUSALS_FLUSH_S, refusals.flush))
-        stack.push_async_callback(_cancelled, flusher)
+        flusher = asyncio.create_task(every(REFUSALS_FLUSH_S, refusals.flush))
+        stack.push_async_callback(cancelled, flusher)
         app.state.service = Service(
             settings=settings,
             runtime=rt,
@@ -135,7 +120,7 @@ def create_app(
         async def close() -> None:
             await runner.stop()
             rt.bus.unsubscribe(events)
-            await _cancelled(follower)
+            await cancelled(follower)
 
         stack.push_async_callback(close)
         await runner.start()

@@ -34,6 +34,8 @@ from procrastinate.jobs import Status
 from procrastinate.worker import Worker
 from sqlalchemy.engine import make_url
 
+from qlp.periodic import cancelled, every
+
 log = structlog.get_logger("qlp.jobs")
 
 TASK = "qlp.run_intent"
@@ -149,7 +151,8 @@ class IntentJobs:
     def start_worker(self, concurrency: int, *, name: str | None = None) -> None:
         self._stopping = False
         self._worker_task = asyncio.create_task(self._work(concurrency, name), name="qlp-worker")
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="qlp-job-sweeper")
+        sweeping = every(self.sweep_s, self.sweep, at_once=True)
+        self._sweeper = asyncio.create_task(sweeping, name="qlp-job-sweeper")
 
     async def _work(self, concurrency: int, name: str | None) -> None:
         """procrastinate's worker, started again if its loop fails: a worker stopped longer
@@ -182,9 +185,7 @@ class IntentJobs:
 
     async def stop_worker(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
+            await cancelled(self._sweeper)
             self._sweeper = None
         self._stopping = True
         if self._worker is not None and self._worker_task is not None:
@@ -213,11 +214,3 @@ class IntentJobs:
         await manager.prune_stalled_workers(seconds_since_heartbeat=self.stall_s)
         self.waiting = len(list(await manager.list_jobs_async(queue=self.queue, status="todo")))
         return taken
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:  # the next round tries again
-                log.exception("jobs.sweep_failed")
-            await asyncio.sleep(self.sweep_s)
